@@ -145,7 +145,7 @@ class VPSDE(SDE):
 
     def sigma(self, t):
         # 1 - alpha^2 through expm1: exact in float32 near t = 0 where 1 - alpha^2 ~ beta_min t.
-        return jnp.sqrt(-jnp.expm1(-self.integrated_beta(jnp.asarray(t))))
+        return jnp.sqrt(jnp.maximum(-jnp.expm1(-self.integrated_beta(jnp.asarray(t))), 0.0))
 
     def prior_std(self):
         return 1.0
@@ -180,7 +180,9 @@ class SubVPSDE(SDE):
 
     def diffusion(self, t):
         t = jnp.asarray(t)
-        return jnp.sqrt(self.beta(t) * -jnp.expm1(-2.0 * self.integrated_beta(t)))
+        # The clamp guards against XLA CPU's fused expm1 returning a tiny value of the wrong sign
+        # for tiny arguments in large batches (seen here: NaNs from a batch of ~8000 under jit).
+        return jnp.sqrt(jnp.maximum(self.beta(t) * -jnp.expm1(-2.0 * self.integrated_beta(t)), 0.0))
 
     def log_alpha(self, t):
         return -0.5 * self.integrated_beta(jnp.asarray(t))

@@ -98,3 +98,16 @@ def test_invalid_vp_hyperparameters(bad):
 def test_invalid_ve_hyperparameters():
     with pytest.raises(ValueError, match="sigma_min"):
         sde_lib.VESDE(sigma_min=0.0)
+
+
+def test_no_nans_in_large_fused_batches():
+    """Regression: XLA CPU fused sqrt(-expm1(.)) into NaNs for SubVP at batch ~8000 under jit."""
+    from adiff import analytic
+
+    gm = analytic.GaussianMixture.create([0.5, 0.5], [[-1.0, 0.0], [1.0, 1.0]], 0.3)
+    n = 8192
+    x = gm.sample(jax.random.key(0), n)
+    t = jax.random.uniform(jax.random.key(1), (n,), minval=1e-5, maxval=1.0)
+    for sde in SDES.values():
+        f = jax.jit(lambda x, t: gm.score_t(sde, x, t) * (sde.diffusion(t) ** 2)[:, None] * sde.sigma(t)[:, None])
+        assert not np.isnan(np.asarray(f(x, t))).any()
