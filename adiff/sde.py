@@ -102,7 +102,7 @@ class SDE:
 
         Returns f [B, ...] and G [B] (score_sde's `discretize`).
         """
-        return self.drift(x, t) * dt, self.diffusion(t) * math.sqrt(dt)
+        return self.drift(x, t) * dt, self.diffusion(t) * jnp.sqrt(dt)
 
     def reverse_drift(self, score_fn: ScoreFn, x: Array, t: Array) -> Array:
         """Drift of the reverse-time SDE, f - g^2 s (to be integrated backwards in time)."""
