@@ -151,9 +151,13 @@ class VPSDE(SDE):
         return 1.0
 
     def discretize(self, x, t, dt):
-        # DDPM's discrete chain: x_{i+1} = sqrt(1 - b_i) x_i + sqrt(b_i) z with b_i = beta(t) dt.
-        b = self.beta(t) * dt
-        return broadcast_to_x(jnp.sqrt(1.0 - b) - 1.0, x) * x, jnp.sqrt(b)
+        # DDPM's discrete chain x_{i+1} = sqrt(1 - b_i) x_i + sqrt(b_i) z, with the exact
+        # b_i = 1 - exp(-int_t^{t+dt} beta) rather than beta(t) dt: identical for small steps, and
+        # valid for any step (beta(t) dt > 1 would give NaN with 10 steps at beta_max = 20).
+        t = jnp.asarray(t)
+        log_ratio = self.log_alpha(t + dt) - self.log_alpha(t)  # log sqrt(1 - b_i) <= 0
+        b = -jnp.expm1(2.0 * log_ratio)
+        return broadcast_to_x(jnp.expm1(log_ratio), x) * x, jnp.sqrt(jnp.maximum(b, 0.0))
 
 
 @flax.struct.dataclass

@@ -111,3 +111,15 @@ def test_no_nans_in_large_fused_batches():
     for sde in SDES.values():
         f = jax.jit(lambda x, t: gm.score_t(sde, x, t) * (sde.diffusion(t) ** 2)[:, None] * sde.sigma(t)[:, None])
         assert not np.isnan(np.asarray(f(x, t))).any()
+
+
+def test_vp_discretize_is_valid_for_large_steps():
+    vp = sde_lib.VPSDE()
+    x = jnp.ones((3, 2))
+    t = jnp.array([0.0, 0.5, 0.9])
+    f, g = vp.discretize(x, t, 0.1)  # beta(t) dt > 1 here: the naive chain gives NaN
+    assert np.isfinite(np.asarray(f)).all() and np.isfinite(np.asarray(g)).all()
+    # one step of the chain has the exact transition's mean and variance
+    ratio = vp.alpha(t + 0.1) / vp.alpha(t)
+    np.testing.assert_allclose(1 + f[:, 0], ratio, rtol=1e-6)
+    np.testing.assert_allclose(g ** 2, 1 - ratio ** 2, rtol=1e-5)

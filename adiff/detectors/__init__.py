@@ -1,0 +1,6 @@
+"""PyOD-compatible detectors, one per data kind."""
+from adiff.detectors.base import BaseDetector, load
+from adiff.detectors.tabular import TabularDetector
+from adiff.detectors.timeseries import TimeSeriesDetector
+
+__all__ = ["BaseDetector", "TabularDetector", "TimeSeriesDetector", "load"]

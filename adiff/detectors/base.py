@@ -1,0 +1,274 @@
+"""PyOD-compatible detector base class with orbax + JSON persistence (never pickle).
+
+Contract (PyOD's BaseDetector): `fit(X, y=None)` sets `decision_scores_` (scores of the training
+data), `threshold_` (the (1 - contamination) quantile of them) and `labels_`;
+`decision_function(X)` returns one float per sample, higher = more anomalous; `predict(X)` is
+`decision_function(X) > threshold_`; `predict_proba(X, method="linear"|"unify")` returns [N, 2].
+Detectors derive from scikit-learn's BaseEstimator, so `get_params`/`set_params`/`clone` work and a
+detector drops into PyOD / ADBench / scikit-learn pipelines.
+
+A saved detector is a directory:
+  adiff.json   {"format": "adiff-detector", "version": 1, "class": ..., "params": {...}, "meta": {...}}
+  arrays/      an orbax StandardCheckpointer tree of the fitted arrays (network parameters, ...)
+Loading reads the JSON (validated), rebuilds the detector from its constructor parameters, builds
+the expected array shapes from the metadata and restores the arrays against them: a directory from
+elsewhere with unknown format, missing files or mismatched shapes is refused with a ValueError and
+nothing in it is executed or unpickled.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from typing import Any, Dict, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from scipy.special import erf
+from sklearn.base import BaseEstimator
+
+from adiff import validation
+
+FORMAT = "adiff-detector"
+VERSION = 1
+
+__all__ = ["BaseDetector", "load", "FORMAT", "VERSION"]
+
+
+class BaseDetector(BaseEstimator):
+    """Base class of adiff detectors. Subclasses implement the hooks marked below.
+
+    Hooks:
+      _fit(X, y): train on validated X.
+      _decision_function(X): np.ndarray [N] of anomaly scores (higher = more anomalous).
+      _prepare(X, *, fitting): validate/convert raw input to what _fit/_decision_function take.
+      _export() -> (meta: JSON-able dict, arrays: pytree of numpy arrays).
+      _abstract_arrays(meta) -> pytree of jax.ShapeDtypeStruct matching `arrays` of _export.
+      _import(meta, arrays): restore the fitted state.
+    """
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _prepare(self, X, *, fitting: bool):
+        raise NotImplementedError
+
+    def _fit(self, X, y=None) -> None:
+        raise NotImplementedError
+
+    def _decision_function(self, X) -> np.ndarray:
+        raise NotImplementedError
+
+    def _training_scores(self, data) -> np.ndarray:
+        """Scores of the training data for decision_scores_ (override to leave each row out)."""
+        return self._decision_function(data)
+
+    def _export(self) -> Tuple[Dict[str, Any], Any]:
+        raise NotImplementedError
+
+    def _abstract_arrays(self, meta: Dict[str, Any]):
+        raise NotImplementedError
+
+    def _import(self, meta: Dict[str, Any], arrays) -> None:
+        raise NotImplementedError
+
+    # -- PyOD contract -----------------------------------------------------------------------
+    def _check_contamination(self) -> float:
+        return validation.check_fraction(self.contamination, name="contamination", low=0.0, high=0.5)
+
+    def fit(self, X, y=None):
+        """Fits the detector on X (normal data, or contaminated data in unsupervised mode).
+
+        Args:
+          X: training data (see the subclass for the accepted shapes and types).
+          y: ignored (PyOD convention), kept for API compatibility.
+
+        Returns:
+          self, with `decision_scores_`, `threshold_` and `labels_` set.
+        """
+        self._check_contamination()
+        data = self._prepare(X, fitting=True)
+        self._fit(data, y)
+        self.decision_scores_ = np.asarray(self._training_scores(data), np.float64)
+        self._process_decision_scores()
+        return self
+
+    def _process_decision_scores(self) -> None:
+        self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self._check_contamination()))
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        self._mu = float(np.mean(self.decision_scores_))
+        self._sigma = float(np.std(self.decision_scores_))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "decision_scores_"):
+            raise RuntimeError(f"This {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly scores of X, one float per sample; higher = more anomalous."""
+        self._check_fitted()
+        return np.asarray(self._decision_function(self._prepare(X, fitting=False)), np.float64)
+
+    def predict(self, X, return_confidence: bool = False):
+        """0/1 labels (1 = anomaly) by `threshold_`; optionally PyOD's confidence in each label."""
+        scores = self.decision_function(X)
+        labels = (scores > self.threshold_).astype(int)
+        if return_confidence:
+            return labels, self._confidence(scores, labels)
+        return labels
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X, y).labels_
+
+    def predict_proba(self, X, method: str = "linear", return_confidence: bool = False):
+        """Probability of being an outlier, [N, 2] (columns: normal, outlier), as in PyOD.
+
+        Args:
+          X: data to score.
+          method: "linear" (min-max scaling by the training scores, clipped to [0, 1]) or
+            "unify" (Kriegel et al. 2011: Gaussian scaling by the training scores' mean and std).
+          return_confidence: also return PyOD's confidence of the predicted labels.
+        """
+        validation.check_choice(method, ("linear", "unify"), name="method")
+        scores = self.decision_function(X)
+        train = self.decision_scores_
+        if method == "linear":
+            span = float(train.max() - train.min())
+            p = (scores - train.min()) / (span if span > 0 else 1.0)
+            p = np.clip(p, 0.0, 1.0)
+        else:
+            sigma = self._sigma if self._sigma > 0 else 1.0
+            p = np.clip(erf((scores - self._mu) / (sigma * math.sqrt(2.0))), 0.0, 1.0)
+        proba = np.stack([1.0 - p, p], axis=1)
+        if return_confidence:
+            return proba, self._confidence(scores, (scores > self.threshold_).astype(int))
+        return proba
+
+    def _confidence(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        # PyOD's ExCeeD-style confidence: probability that the label would stay the same.
+        from scipy.stats import binom
+        n = len(self.decision_scores_)
+        count = np.searchsorted(np.sort(self.decision_scores_), scores, side="right")
+        p = (1 + count) / (2 + n)
+        k = int(round(n * (1 - self.contamination)))
+        conf = 1 - binom.cdf(n - k, n, p)
+        return np.where(labels == 1, conf, 1 - conf)
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Saves the fitted detector to a new directory `path` (orbax arrays + JSON; no pickle)."""
+        self._check_fitted()
+        path = pathlib.Path(path).absolute()
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"path {str(path)!r} exists and is not empty; choose a new directory")
+        path.mkdir(parents=True, exist_ok=True)
+        meta, arrays = self._export()
+        meta = dict(meta)
+        meta.update(threshold_=self.threshold_, _mu=self._mu, _sigma=self._sigma)
+        arrays = {"model": arrays, "decision_scores_": np.asarray(self.decision_scores_)}
+        config = {"format": FORMAT, "version": VERSION, "class": type(self).__name__,
+                  "params": _jsonable(self.get_params(deep=False)), "meta": _jsonable(meta)}
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(path / "arrays", arrays)
+            ckpt.wait_until_finished()
+        (path / "adiff.json").write_text(json.dumps(config, indent=2))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a detector's JSON config: {obj!r}")
+
+
+def _detector_classes():
+    # The closed set of classes `load` may rebuild; looked up by name from the JSON, never imported
+    # from a path or module name found in the file.
+    from adiff import detectors
+    return {name: getattr(detectors, name) for name in detectors.__all__
+            if isinstance(getattr(detectors, name), type)
+            and issubclass(getattr(detectors, name), BaseDetector)}
+
+
+def load(path: str | os.PathLike) -> BaseDetector:
+    """Loads a detector saved by `save`. Validates the JSON and every array's shape.
+
+    Raises:
+      ValueError: the directory is missing, not an adiff detector, of another version, or its
+        arrays do not match the configuration.
+    """
+    path = pathlib.Path(path).absolute()
+    cfg_file = path / "adiff.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{str(path)!r} is not a saved adiff detector: {cfg_file.name} is missing")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{str(cfg_file)!r} has format {config.get('format') if isinstance(config, dict) else None!r}; "
+                         f"expected {FORMAT!r}")
+    if config.get("version") != VERSION:
+        raise ValueError(f"{str(cfg_file)!r} has version {config.get('version')!r}; this adiff reads {VERSION}")
+    classes = _detector_classes()
+    name = config.get("class")
+    if name not in classes:
+        raise ValueError(f"{str(cfg_file)!r} names class {name!r}; expected one of {sorted(classes)}")
+    params, meta = config.get("params"), config.get("meta")
+    if not isinstance(params, dict) or not isinstance(meta, dict):
+        raise ValueError(f"{str(cfg_file)!r} lacks the 'params' and 'meta' objects")
+    try:
+        det = classes[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+    except TypeError as e:
+        raise ValueError(f"{str(cfg_file)!r} has parameters that {name} does not accept: {e}") from None
+    n_scores = int(meta.get("n_train", -1))
+    target = {"model": det._abstract_arrays(meta),
+              "decision_scores_": jax.ShapeDtypeStruct((n_scores,), np.float64)}
+    arrays_dir = path / "arrays"
+    if not arrays_dir.is_dir():
+        raise ValueError(f"{str(path)!r} has no arrays/ directory")
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            meta_tree = ckpt.metadata(arrays_dir)
+            _check_shapes(_tree_of(meta_tree), target)
+            arrays = ckpt.restore(arrays_dir, target)
+    except ValueError:
+        raise
+    except Exception as e:  # orbax raises many types for corrupt directories
+        raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: {type(e).__name__}: {e}") from None
+    det._import(meta, jax.tree.map(np.asarray, arrays["model"]))
+    det.decision_scores_ = np.asarray(arrays["decision_scores_"], np.float64)
+    det.threshold_ = float(meta["threshold_"])
+    det._mu, det._sigma = float(meta["_mu"]), float(meta["_sigma"])
+    det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
+    return det
+
+
+def _tree_of(meta):
+    # orbax returns a metadata object whose `.item_metadata` / `.tree` holds the array metadata.
+    for attr in ("item_metadata", "tree"):
+        if hasattr(meta, attr):
+            meta = getattr(meta, attr)
+    return meta
+
+
+def _check_shapes(saved, target) -> None:
+    saved_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    target_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+    if set(saved_flat) != set(target_flat):
+        missing = sorted(set(target_flat) - set(saved_flat))[:5]
+        extra = sorted(set(saved_flat) - set(target_flat))[:5]
+        raise ValueError(f"saved arrays do not match the configuration: missing {missing}, unexpected {extra}")
+    for k, t in target_flat.items():
+        s = saved_flat[k]
+        shape = tuple(getattr(s, "shape", ()))
+        if shape != tuple(t.shape):
+            raise ValueError(f"saved array {k} has shape {shape}; the configuration expects {tuple(t.shape)}")

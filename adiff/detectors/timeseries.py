@@ -1,0 +1,472 @@
+"""TimeSeriesDetector: diffusion anomaly detection for univariate and multivariate series.
+
+A composition of preprocessing (per-channel z-scoring fitted on the training series, NaN -> an
+observed mask), a temporal score network (`adiff.nets.temporal.TemporalNet`: dilated
+convolutions, channel mixing and self-attention over time) conditioned on
+[observed values * known mask, known mask, observed mask], a VP SDE and one of two scorers:
+
+- "reconstruction" (the survey's reconstruction paradigm): each window is partially diffused to
+  t0 and denoised by DDIM (`adiff.scoring.reconstruction`) with no values in the conditioning
+  (the known mask is all zero), the squared error per entry is the anomaly map.
+- "imputation" (ImDiffusion, Chen et al., VLDB 2024): entries are hidden by grid masks (blocks of
+  time steps, shifted per channel, so every entry is hidden exactly once by the `num_grid_masks`
+  grid masks) and by random masks (each entry hidden with probability `mask_ratio`); the hidden
+  entries are imputed by ancestral DDIM from the prior, the known entries held to their values
+  (replacement) and given to the network as conditioning; the error of the imputation's
+  x0-prediction on the hidden entries is averaged over the last `num_levels` noise levels of the
+  trajectory and over the masks.
+
+The network is trained once, by denoising score matching on windows of the training series, on
+the hidden entries of a training mask drawn per window: all entries (unconditional, the mode
+reconstruction uses) with probability `uncond_prob`, else a grid or random mask (the imputation
+modes). Missing values (NaN) are never replaced by zeros as data: they are masked out of the
+loss, of the known entries and of the score, and the network sees the observed mask. Irregularly
+sampled series enter the same way: resample them to a regular grid with NaN at absent steps.
+
+Window scores become per-step scores: the series (z-scored) is padded by reflection with L // 2
+steps in front and L // 2 + stride behind, windows of length L start every `score_stride` steps,
+and each step's per-entry errors are combined over the windows covering it ("mean") or taken
+from the one window in whose central `score_stride` positions it lies ("centre"); a step's score
+is the mean over its observed channels. Every step, the first and the last included, gets a
+score. Scoring runs in fixed-size batches of windows with one compiled function, so memory is
+O(T * C) for the accumulators plus one batch, whatever T.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adiff import losses, parameterization, scoring as scoring_lib, sde as sde_lib, validation
+from adiff.data.timeseries import window_dataset
+from adiff.detectors.base import BaseDetector
+from adiff.nets.temporal import TemporalNet
+from adiff.training import trainer
+
+SCORINGS = ("reconstruction", "imputation")
+COMBINES = ("mean", "centre")
+# v-prediction: its x0 error does not blow up as alpha_t -> 0 (eps-prediction's is scaled by
+# sigma_t / alpha_t, ~150 at T), which the imputation trajectory from the prior needs.
+PARAMETERIZATION = "v"
+
+__all__ = ["TimeSeriesDetector", "SCORINGS", "COMBINES"]
+
+
+def _net(cfg: Tuple) -> TemporalNet:
+    channels, num_blocks, dilations, kernel_size, attention, num_heads, time_dim = cfg
+    return TemporalNet(channels=channels, num_blocks=num_blocks, dilations=tuple(dilations),
+                       kernel_size=kernel_size, attention=attention, num_heads=num_heads,
+                       time_dim=time_dim)
+
+
+def _cond(x: jax.Array, known: jax.Array, obs: jax.Array) -> jax.Array:
+    """Conditioning channels [B, L, 3C]: known values, known mask, observed mask."""
+    return jnp.concatenate([x * known, known, obs], axis=-1)
+
+
+def _grid_mask(length: int, channels: int, num_masks: int, block: int, k) -> jax.Array:
+    """[L, C] 0/1: entry (i, c) hidden when (i // block + c) % num_masks == k."""
+    i = jnp.arange(length)[:, None] // block
+    c = jnp.arange(channels)[None, :]
+    return ((i + c) % num_masks == k).astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _scorer(net_cfg: Tuple, paradigm: str, t0: Tuple[float, ...], solver_steps: int,
+            num_grid: int, num_random: int, mask_ratio: float, block: int, num_levels: int,
+            x0_bound: float):
+    """A jitted fn(params, x [B,L,C], obs [B,L,C], key) -> (err_sum, count), both [B, L, C].
+
+    err_sum is the sum of per-entry squared errors over the estimates made for each entry
+    (masks, noise levels), count the number of those estimates; cached on the static settings
+    so detectors with the same configuration share one compilation.
+    """
+    net, sde = _net(net_cfg), sde_lib.VPSDE()
+
+    if paradigm == "reconstruction":
+        def fn(params, x, obs, key):
+            cond = _cond(x, jnp.zeros_like(obs), obs)
+            model_fn = lambda xt, t: net.apply(params, xt, t, cond)
+            score_fn = parameterization.score_fn_from(model_fn, sde, PARAMETERIZATION)
+            maps = scoring_lib.reconstruction(score_fn, sde, x, key, t0=t0,
+                                              num_steps=solver_steps).maps
+            return maps * obs, obs
+        return jax.jit(fn)
+
+    t_end = 1e-3
+    grid = np.linspace(sde.T, t_end, solver_steps + 1).astype(np.float32)
+    level_w = np.zeros(solver_steps, np.float32)
+    level_w[-num_levels:] = 1.0 / num_levels
+
+    def impute(params, x, obs, hidden, key):
+        """Ancestral DDIM (eta = 1) with replacement; returns the level-averaged squared error."""
+        known = (1.0 - hidden) * obs
+        cond = _cond(x, known, obs)
+        k0, key = jax.random.split(key)
+        state = sde.prior_sample(k0, x.shape, x.dtype)
+
+        def step(carry, inp):
+            state, acc = carry
+            t, tn, w, k = inp
+            k_merge, k_noise = jax.random.split(k)
+            tb = jnp.full((x.shape[0],), t)
+            a, s = sde.alpha(t), sde.sigma(t)
+            z = jax.random.normal(k_merge, x.shape, x.dtype)
+            state = jnp.where(known > 0, a * x + s * z, state)
+            out = net.apply(params, state, tb, cond)
+            # Clip the x0-prediction to the data's range (inputs are clipped to it) and keep eps
+            # consistent with it (DDPM's clip_denoised).
+            x0 = jnp.clip(parameterization.to_x0(out, state, a, s, PARAMETERIZATION), -x0_bound, x0_bound)
+            eps = (state - a * x0) / s
+            acc = acc + w * jnp.square(x0 - x)
+            an, sn = sde.alpha(tn), sde.sigma(tn)
+            c2 = sn ** 2 * -jnp.expm1(2.0 * (sde.log_snr(t) - sde.log_snr(tn)))
+            mean = an * x0 + jnp.sqrt(jnp.maximum(sn ** 2 - c2, 0.0)) * eps
+            state = mean + jnp.sqrt(c2) * jax.random.normal(k_noise, x.shape, x.dtype)
+            return (state, acc), None
+
+        keys = jax.random.split(key, solver_steps)
+        (_, acc), _ = jax.lax.scan(step, (state, jnp.zeros_like(x)),
+                                   (jnp.asarray(grid[:-1]), jnp.asarray(grid[1:]),
+                                    jnp.asarray(level_w), keys))
+        scored = hidden * obs
+        return acc * scored, scored
+
+    def fn(params, x, obs, key):
+        b, length, channels = x.shape
+        err, cnt = jnp.zeros_like(x), jnp.zeros_like(x)
+        for j in range(num_grid + num_random):
+            k_mask, k_imp = jax.random.split(jax.random.fold_in(key, j))
+            if j < num_grid:
+                hidden = jnp.broadcast_to(_grid_mask(length, channels, num_grid, block, j), x.shape)
+            else:
+                hidden = jax.random.bernoulli(k_mask, mask_ratio, x.shape).astype(x.dtype)
+            e, c = impute(params, x, obs, hidden, k_imp)
+            err, cnt = err + e, cnt + c
+        return err, cnt
+
+    return jax.jit(fn)
+
+
+class TimeSeriesDetector(BaseDetector):
+    """Diffusion anomaly detector for series [T] or [T, C]; one score per time step.
+
+    Args:
+      scoring: "imputation" (default) or "reconstruction" (see the module docstring).
+      contamination: expected fraction of anomalous steps, in (0, 0.5]; sets `threshold_`.
+      seed: random seed (initialisation, training order, masks and noise).
+      window: window length L (steps); series must have at least L steps.
+      train_stride: step between training windows.
+      score_stride: step between scoring windows (each step is covered by L / score_stride
+        windows in "mean" mode).
+      combine: "mean" (average over the windows covering a step) or "centre" (the window in whose
+        centre the step lies).
+      channels: width of the TemporalNet.
+      num_blocks: dilated residual blocks of the TemporalNet.
+      dilations: dilation cycle of the blocks.
+      kernel_size: convolution kernel size.
+      attention: self-attention over time in the TemporalNet.
+      num_heads: attention heads (divide `channels`).
+      time_dim: size of the diffusion-time embedding.
+      train_steps: optimisation steps (CPU-sized default: 600).
+      batch_size: training windows per step (capped at the number of windows).
+      learning_rate: AdamW peak learning rate (cosine schedule, warm-up).
+      uncond_prob: probability that a training window hides every entry (the unconditional mode
+        used by reconstruction); None: 1.0 for "reconstruction", 0.2 for "imputation".
+      mask_rate: probability of dropping each observed entry during training (robustness to
+        missing values); 0 disables.
+      num_grid_masks: grid masks of the imputation scorer (every entry hidden once), >= 2, or 0.
+      num_random_masks: random masks of the imputation scorer.
+      mask_ratio: fraction of entries hidden by a random mask (training and scoring).
+      grid_block: time steps per grid block; None: max(1, window // 16).
+      num_levels: noise levels (last DDIM steps) whose x0-predictions are averaged (imputation).
+      t0: partial-diffusion start times of "reconstruction".
+      solver_steps: DDIM steps (reconstruction: from t0; imputation: from T).
+      clip: z-scored values are clipped to [-clip, clip] (None: no clipping).
+      score_batch_size: windows per scoring batch (memory stays flat in T).
+      verbose: print training progress.
+    """
+
+    def __init__(self, *, scoring: str = "imputation", contamination: float = 0.1, seed: int = 0,
+                 window: int = 64, train_stride: int = 1, score_stride: int = 16,
+                 combine: str = "mean", channels: int = 32, num_blocks: int = 4,
+                 dilations: Sequence[int] = (1, 2, 4, 8), kernel_size: int = 3,
+                 attention: bool = True, num_heads: int = 4, time_dim: int = 64,
+                 train_steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
+                 uncond_prob: float | None = None, mask_rate: float = 0.0,
+                 num_grid_masks: int = 2, num_random_masks: int = 2, mask_ratio: float = 0.25,
+                 grid_block: int | None = None, num_levels: int = 3,
+                 t0: Sequence[float] = (0.1, 0.3), solver_steps: int = 10,
+                 clip: float | None = 10.0, score_batch_size: int = 128, verbose: bool = False):
+        self.scoring = scoring
+        self.contamination = contamination
+        self.seed = seed
+        self.window = window
+        self.train_stride = train_stride
+        self.score_stride = score_stride
+        self.combine = combine
+        self.channels = channels
+        self.num_blocks = num_blocks
+        self.dilations = tuple(dilations)
+        self.kernel_size = kernel_size
+        self.attention = attention
+        self.num_heads = num_heads
+        self.time_dim = time_dim
+        self.train_steps = train_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.uncond_prob = uncond_prob
+        self.mask_rate = mask_rate
+        self.num_grid_masks = num_grid_masks
+        self.num_random_masks = num_random_masks
+        self.mask_ratio = mask_ratio
+        self.grid_block = grid_block
+        self.num_levels = num_levels
+        self.t0 = tuple(t0)
+        self.solver_steps = solver_steps
+        self.clip = clip
+        self.score_batch_size = score_batch_size
+        self.verbose = verbose
+
+    # -- validation / preprocessing ------------------------------------------------------------
+    def _check_params(self) -> None:
+        validation.check_choice(self.scoring, SCORINGS, name="scoring")
+        validation.check_choice(self.combine, COMBINES, name="combine")
+        for name in ("window", "train_stride", "score_stride", "channels", "num_blocks",
+                     "kernel_size", "num_heads", "time_dim", "train_steps", "batch_size",
+                     "solver_steps", "score_batch_size", "num_levels"):
+            validation.check_positive_int(getattr(self, name), name=name)
+        if self.window < 4:
+            raise ValueError(f"window must be >= 4, got {self.window}")
+        if self.score_stride > self.window:
+            raise ValueError(f"score_stride must be <= window={self.window}, got {self.score_stride}")
+        if not self.dilations or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                                     for d in self.dilations):
+            raise ValueError(f"dilations must be a non-empty sequence of positive ints, got {self.dilations!r}")
+        if self.attention and self.channels % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide channels={self.channels}")
+        for name in ("num_grid_masks", "num_random_masks"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if self.num_grid_masks == 1:
+            raise ValueError("num_grid_masks must be 0 or >= 2 (one grid mask would hide everything)")
+        if self.scoring == "imputation" and self.num_grid_masks + self.num_random_masks < 1:
+            raise ValueError("imputation needs num_grid_masks + num_random_masks >= 1, got 0")
+        if self.num_levels > self.solver_steps:
+            raise ValueError(f"num_levels must be <= solver_steps={self.solver_steps}, got {self.num_levels}")
+        if self.grid_block is not None:
+            validation.check_positive_int(self.grid_block, name="grid_block")
+        validation.check_fraction(self.mask_ratio, name="mask_ratio", low=0.0, high=0.9)
+        validation.check_fraction(self.mask_rate, name="mask_rate", low=0.0, high=0.9, inclusive_low=True)
+        if self.uncond_prob is not None:
+            validation.check_fraction(self.uncond_prob, name="uncond_prob", low=0.0, high=1.0,
+                                      inclusive_low=True)
+        if not self.t0 or any(not 0.001 < float(t) <= 1.0 for t in self.t0):
+            raise ValueError(f"t0 must be a non-empty sequence of times in (0.001, 1], got {self.t0!r}")
+        if self.clip is not None and not float(self.clip) > 0:
+            raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
+        validation.check_positive_int(self.batch_size, name="batch_size")
+
+    def _as_series(self, X, name: str = "X") -> np.ndarray:
+        arr = validation.as_float_array(X, name=name, ndim=(1, 2), allow_nan=True)
+        return arr[:, None] if arr.ndim == 1 else arr
+
+    def _prepare(self, X, *, fitting: bool) -> Dict[str, np.ndarray]:
+        if fitting:
+            self._check_params()
+        raw = self._as_series(X)
+        if fitting:
+            self.n_features_in_ = raw.shape[1]
+        elif raw.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {raw.shape[1]} channels, but the detector was fitted on "
+                             f"{self.n_features_in_} channels")
+        if raw.shape[0] < self.window:
+            raise ValueError(f"X must have at least window={self.window} time steps, got {raw.shape[0]}")
+        observed = np.isfinite(raw)
+        if not observed.any():
+            raise ValueError("X has no observed value (all NaN)")
+        if fitting:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cnt = observed.sum(0)
+                loc = np.where(cnt > 0, np.nansum(raw, 0) / np.maximum(cnt, 1), 0.0)
+                var = np.where(cnt > 0, np.nansum(np.square(raw - loc), 0) / np.maximum(cnt, 1), 1.0)
+            scale = np.sqrt(var)
+            self.loc_ = loc.astype(np.float32)
+            self.scale_ = np.where(scale > 1e-8, scale, 1.0).astype(np.float32)
+        return self._normalize(raw, observed)
+
+    def _normalize(self, raw: np.ndarray, observed: np.ndarray) -> Dict[str, np.ndarray]:
+        values = (raw - self.loc_) / self.scale_
+        if self.clip is not None:
+            values = np.clip(values, -float(self.clip), float(self.clip))
+        values = np.where(observed, values, 0.0).astype(np.float32)
+        return {"values": values, "observed": observed.astype(np.float32)}
+
+    def transform(self, X) -> Tuple[np.ndarray, np.ndarray]:
+        """The detector's preprocessing: z-scored (training statistics), clipped values [T, C]
+        (0 where missing) and the observed mask [T, C]; what the network and the baselines of
+        experiments/benchmarks/timeseries.py see."""
+        self._check_fitted()
+        d = self._prepare(X, fitting=False)
+        return d["values"], d["observed"]
+
+    # -- model ---------------------------------------------------------------------------------
+    @property
+    def _net_cfg(self) -> Tuple:
+        return (int(self.channels), int(self.num_blocks), tuple(int(d) for d in self.dilations),
+                int(self.kernel_size), bool(self.attention), int(self.num_heads), int(self.time_dim))
+
+    @property
+    def _block(self) -> int:
+        return int(self.grid_block) if self.grid_block is not None else max(1, self.window // 16)
+
+    def _init_params(self, key, c: int):
+        l = self.window
+        return _net(self._net_cfg).init(key, jnp.zeros((1, l, c)), jnp.zeros((1,)), jnp.zeros((1, l, 3 * c)))
+
+    def _fit(self, data, y=None) -> None:
+        values, observed = data["values"], data["observed"]
+        c, l = values.shape[1], self.window
+        net, sde = _net(self._net_cfg), sde_lib.VPSDE()
+        params = self._init_params(jax.random.key(self.seed), c)
+        uncond = self.uncond_prob if self.uncond_prob is not None else (
+            1.0 if self.scoring == "reconstruction" else 0.2)
+        uncond, mask_rate, ratio = float(uncond), float(self.mask_rate), float(self.mask_ratio)
+        num_grid, block = max(int(self.num_grid_masks), 2), self._block
+
+        def loss_fn(p, batch, key):
+            x, obs = batch["x"], batch["obs"]
+            b = x.shape[0]
+            k_drop, k_kind, k_rand, k_phase, k_loss = jax.random.split(key, 5)
+            if mask_rate > 0:
+                obs = obs * jax.random.bernoulli(k_drop, 1.0 - mask_rate, obs.shape).astype(obs.dtype)
+            # Training mask per window: all hidden (unconditional) / grid / random.
+            u = jax.random.uniform(k_kind, (b, 1, 1))
+            phase = jax.random.randint(k_phase, (b,), 0, num_grid)
+            grid = jax.vmap(lambda k: _grid_mask(l, c, num_grid, block, k))(phase)
+            rand = jax.random.bernoulli(k_rand, ratio, x.shape).astype(x.dtype)
+            hidden = jnp.where(u < uncond, 1.0, jnp.where(u < uncond + (1 - uncond) / 2, grid, rand))
+            known = (1.0 - hidden) * obs
+            cond = _cond(x, known, obs)
+            model_fn = lambda xt, t: net.apply(p, xt, t, cond)
+            out = losses.dsm_loss(model_fn, sde, x * obs, k_loss, parameterization=PARAMETERIZATION,
+                                  mask=hidden * obs)
+            return out.loss, {}
+
+        ds = window_dataset(values, observed, length=l, stride=self.train_stride)
+        cfg = trainer.TrainConfig(
+            num_steps=int(self.train_steps), batch_size=int(min(self.batch_size, len(ds))),
+            learning_rate=float(self.learning_rate),
+            warmup_steps=min(50, self.train_steps // 10), schedule="cosine", grad_clip_norm=1.0,
+            ema_decay=0.99, log_every=max(1, self.train_steps // 5),
+            checkpoint_every=self.train_steps, seed=int(self.seed))
+        res = trainer.fit(loss_fn, params, ds, config=cfg, progress=self.verbose)
+        self.params_ = jax.tree.map(np.asarray, res.state.ema_params)
+        self.n_train_ = int(len(values))
+        self.history_ = res.history
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _entry_errors(self, data, scoring: str) -> Tuple[np.ndarray, np.ndarray]:
+        """Per-entry mean error [T, C] and whether the entry has one ([T, C] bool)."""
+        values, observed = data["values"], data["observed"]
+        t, c = values.shape
+        l, s = self.window, self.score_stride
+        front, back = l // 2, l // 2 + s
+        vpad = np.pad(values, ((front, back), (0, 0)), mode="reflect")
+        opad = np.pad(observed, ((front, back), (0, 0)), mode="reflect")
+        n = len(vpad)
+        starts = np.arange(0, n - l + 1, s)
+        if self.combine == "mean":
+            pos_w = np.ones(l, np.float32)
+        else:
+            pos_w = np.zeros(l, np.float32)
+            lo = l // 2 - s // 2
+            pos_w[lo:lo + s] = 1.0
+        fn = _scorer(self._net_cfg, scoring, tuple(float(v) for v in self.t0), int(self.solver_steps),
+                     int(self.num_grid_masks), int(self.num_random_masks), float(self.mask_ratio),
+                     self._block, int(self.num_levels),
+                     float(self.clip) if self.clip is not None else 1e3)
+        params = jax.tree.map(jnp.asarray, self.params_)
+        err_acc = np.zeros((n, c), np.float64)
+        cnt_acc = np.zeros((n, c), np.float64)
+        bs = int(self.score_batch_size)
+        offsets = np.arange(l)
+        key = jax.random.key(self.seed + 7)
+        for i, b0 in enumerate(range(0, len(starts), bs)):
+            st = starts[b0:b0 + bs]
+            m = len(st)
+            st_full = np.concatenate([st, np.full(bs - m, st[-1])]) if m < bs else st
+            idx = st_full[:, None] + offsets[None, :]
+            e, k = fn(params, vpad[idx], opad[idx], jax.random.fold_in(key, i))
+            e, k = np.asarray(e, np.float64)[:m], np.asarray(k, np.float64)[:m]
+            mean_e = np.where(k > 0, e / np.maximum(k, 1e-12), 0.0) * pos_w[None, :, None]
+            has = (k > 0) * pos_w[None, :, None]
+            for j in np.flatnonzero(pos_w):  # starts are distinct: no duplicate indices per j
+                err_acc[st + j] += mean_e[:, j]
+                cnt_acc[st + j] += has[:, j]
+        err_acc, cnt_acc = err_acc[front:front + t], cnt_acc[front:front + t]
+        has = (cnt_acc > 0) & (observed > 0)
+        return np.where(has, err_acc / np.maximum(cnt_acc, 1e-12), 0.0), has
+
+    def _step_scores(self, data, scoring: str) -> np.ndarray:
+        err, has = self._entry_errors(data, scoring)
+        n = has.sum(1)
+        scores = np.where(n > 0, err.sum(1) / np.maximum(n, 1), np.nan)
+        if np.isnan(scores).any():  # steps with no observed entry: nearest scored step
+            ok = np.flatnonzero(~np.isnan(scores))
+            if ok.size == 0:
+                raise ValueError("no time step of X has an observed value that could be scored")
+            missing = np.flatnonzero(np.isnan(scores))
+            pos = np.clip(np.searchsorted(ok, missing), 0, ok.size - 1)
+            left = ok[np.clip(pos - 1, 0, ok.size - 1)]
+            right = ok[pos]
+            nearest = np.where(np.abs(missing - left) <= np.abs(right - missing), left, right)
+            scores[missing] = scores[nearest]
+        return scores
+
+    def _decision_function(self, data) -> np.ndarray:
+        return self._step_scores(data, self.scoring)
+
+    def paradigm_scores(self, X, scoring: str) -> np.ndarray:
+        """Per-step scores [T] of X by either paradigm, from the same fitted network.
+
+        Args:
+          X: series [T] or [T, C] (NaN = missing), T >= window.
+          scoring: "reconstruction" or "imputation".
+
+        Returns:
+          [T] scores (higher = more anomalous); not calibrated to `threshold_` unless
+          scoring == self.scoring.
+        """
+        self._check_fitted()
+        validation.check_choice(scoring, SCORINGS, name="scoring")
+        return self._step_scores(self._prepare(X, fitting=False), scoring)
+
+    def channel_scores(self, X) -> np.ndarray:
+        """Per-step, per-channel anomaly map [T, C] (0 where a value is missing)."""
+        self._check_fitted()
+        return self._entry_errors(self._prepare(X, fitting=False), self.scoring)[0]
+
+    # -- persistence --------------------------------------------------------------------------
+    def _export(self):
+        meta = {"n_train": int(self.n_train_), "n_features": int(self.n_features_in_)}
+        arrays = {"loc": self.loc_, "scale": self.scale_, "params": self.params_}
+        return meta, arrays
+
+    def _abstract_arrays(self, meta):
+        self._check_params()
+        c = int(meta["n_features"])
+        return {"loc": jax.ShapeDtypeStruct((c,), np.float32),
+                "scale": jax.ShapeDtypeStruct((c,), np.float32),
+                "params": jax.eval_shape(lambda: self._init_params(jax.random.key(0), c))}
+
+    def _import(self, meta, arrays):
+        self.n_features_in_ = int(meta["n_features"])
+        self.n_train_ = int(meta["n_train"])
+        self.loc_ = np.asarray(arrays["loc"], np.float32)
+        self.scale_ = np.asarray(arrays["scale"], np.float32)
+        self.params_ = jax.tree.map(np.asarray, arrays["params"])

@@ -1,0 +1,102 @@
+"""Input validation shared by every public entry point: clear errors before anything is traced."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["as_float_array", "check_n_features", "check_choice", "check_positive_int", "check_fraction"]
+
+# Above this many elements a request is refused before allocation (about 4 GiB of float32).
+MAX_ELEMENTS = 1 << 30
+
+
+def as_float_array(x, *, name: str = "X", ndim: int | Sequence[int] | None = None,
+                   allow_nan: bool = False, min_samples: int = 1,
+                   dtype=np.float32) -> np.ndarray:
+    """Converts `x` to a float numpy array and validates it.
+
+    Args:
+      x: array-like (numpy, list, pandas DataFrame/Series, jax array).
+      name: argument name used in error messages.
+      ndim: allowed rank(s); None accepts any rank >= 1.
+      allow_nan: whether NaN marks missing values (inf is always refused).
+      min_samples: minimum size of the first axis.
+      dtype: output dtype.
+
+    Returns:
+      The validated array.
+
+    Raises:
+      TypeError: non-numeric input (strings, objects, complex).
+      ValueError: wrong rank, empty, too few samples, NaN/inf where not allowed, too large.
+    """
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    if hasattr(x, "to_numpy"):  # pandas
+        x = x.to_numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object or arr.dtype.kind in "USVMmc":
+        try:
+            if arr.dtype.kind in "USVMmc":
+                raise TypeError
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must hold real numbers, got dtype {arr.dtype}"
+                + (" (use TabularDetector for mixed-type tables)" if arr.dtype == object else "")
+            ) from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            raise ValueError(
+                f"{name} must have rank {' or '.join(map(str, allowed))}, got shape {arr.shape}")
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a scalar")
+    if arr.size > MAX_ELEMENTS:
+        raise ValueError(f"{name} has {arr.size} elements, more than the limit {MAX_ELEMENTS}; "
+                         "score it in chunks")
+    if arr.shape[0] < min_samples or arr.size == 0:
+        raise ValueError(f"{name} must have at least {min_samples} sample(s) and no empty axis, "
+                         f"got shape {arr.shape}")
+    arr = arr.astype(dtype, copy=False)
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} contains inf values; expected finite numbers")
+    if not allow_nan and np.isnan(arr).any():
+        raise ValueError(f"{name} contains NaN values; expected finite numbers "
+                         "(NaN means 'missing' only for tables and series)")
+    return arr
+
+
+def check_n_features(arr: np.ndarray, expected: tuple, *, name: str = "X") -> None:
+    """Raises ValueError when the trailing shape differs from the one seen in fit."""
+    got = tuple(arr.shape[1:])
+    if got != tuple(expected):
+        raise ValueError(f"{name} has per-sample shape {got}, but the detector was fitted on "
+                         f"per-sample shape {tuple(expected)}")
+
+
+def check_choice(value, choices, *, name: str):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_positive_int(value, *, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_fraction(value, *, name: str, low: float = 0.0, high: float = 0.5,
+                   inclusive_low: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    ok = (v >= low if inclusive_low else v > low) and v <= high
+    if not ok:
+        raise ValueError(f"{name} must be in {'[' if inclusive_low else '('}{low}, {high}], got {value!r}")
+    return v

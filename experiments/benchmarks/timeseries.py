@@ -1,0 +1,318 @@
+r"""Time-series benchmark: adiff.TimeSeriesDetector vs PyOD/PCA window baselines (issue 5).
+
+Protocol (docs DESIGN.md, time series): ASD (each entity's train/test split), SKAB (train on
+anomaly-free.csv, every labelled run a test series), NAB (the probationary period
+min(floor(0.15 n), 750) trains, the remaining points are the test series). Inputs are z-scored
+with training statistics and clipped (the detector's own `transform`); every method gets one
+score per test step. Metrics: VUS-PR (primary; buffer = the test series' period from the
+autocorrelation, 125 when none), AUC-PR, AUROC, best F1 without point adjustment, and the
+point-adjusted F1 in a separate legacy column. No threshold is tuned on test labels (best F1 and
+PA-F1 are oracle-threshold figures, labelled so).
+
+Methods, all on the same z-scored series and the same windows of length --window:
+- adiff imputation / adiff reconstruction: one TimeSeriesDetector per series (per SKAB: one on
+  anomaly-free.csv), trained once with both training modes (--uncond_prob), scored by both
+  paradigms from the same network.
+- IForest, KNN (PyOD defaults, n_neighbors=5, largest distance) and PCA reconstruction error
+  (scikit-learn PCA keeping 95% of the variance) on flattened sliding windows [L * C]; training
+  windows at a stride that keeps at most --max_baseline_windows of them; window scores are
+  averaged over the windows covering each step, as the detector does.
+
+Run (repository root; the CPU is shared, so take the lock):
+
+  flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.timeseries \
+      --datasets=asd,skab,nab --max_entities=12 --nab_max_series=12
+
+  # scaling: score a 1,000,000-step series with an unchanged detector (peak RSS and time)
+  python -m experiments.benchmarks.timeseries --datasets= --scaling_steps=1000000
+
+Writes docs/results/timeseries.md (--output) and a JSON of every per-series figure beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import resource
+import sys
+import time
+from typing import Dict, List
+
+from absl import app, flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+REPO = pathlib.Path(__file__).resolve().parents[2]
+flags.DEFINE_list("datasets", ["asd", "skab", "nab"], "Datasets to run (asd, skab, nab).")
+flags.DEFINE_string("data_dir", str(REPO.parent / "shared" / "data" / "timeseries"),
+                    "Directory holding asd/, skab/ and nab/.")
+flags.DEFINE_integer("max_entities", 12, "At most this many ASD entities / SKAB runs.")
+flags.DEFINE_integer("nab_max_series", 12, "At most this many NAB series (with anomalies in the "
+                     "test part), taken round-robin over the categories in name order.")
+flags.DEFINE_list("paradigms", ["imputation", "reconstruction"], "adiff scoring paradigms.")
+flags.DEFINE_list("baselines", ["IForest", "KNN", "PCA"], "Window baselines.")
+flags.DEFINE_integer("seed", 0, "Seed of the detector and the baselines.")
+flags.DEFINE_integer("window", None, "Override the config's window length L (detector and baselines).")
+flags.DEFINE_integer("train_steps", None, "Override the config's detector training steps.")
+flags.DEFINE_integer("channels", None, "Override the config's TemporalNet width.")
+flags.DEFINE_integer("max_baseline_windows", 3000, "Cap on baseline training windows.")
+flags.DEFINE_integer("scaling_steps", 0, "If > 0, score a synthetic series of this many steps.")
+flags.DEFINE_string("output", str(REPO / "docs" / "results" / "timeseries.md"), "Results file.")
+
+
+def _det_kwargs(dataset: str) -> dict:
+    """Detector settings of experiments/configs/ts_<dataset>.py, with the flag overrides."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    name = dataset if dataset in ("asd", "skab", "nab") else "default"
+    cfg = importlib.import_module(f"experiments.configs.ts_{name}").get_config()
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.detector.to_dict().items()}
+    for flag in ("window", "train_steps", "channels"):
+        if getattr(FLAGS, flag) is not None:
+            kw[flag] = getattr(FLAGS, flag)
+    kw["seed"] = FLAGS.seed
+    return kw
+
+
+def _detector(dataset: str, **overrides):
+    import adiff.detectors.timeseries as ts_det  # pylint: disable=import-outside-toplevel
+    kw = _det_kwargs(dataset)
+    kw.update(overrides)
+    return ts_det.TimeSeriesDetector(**kw)
+
+
+def _windows(values: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    from adiff.data.timeseries import window_starts  # pylint: disable=import-outside-toplevel
+    starts = window_starts(len(values), length, stride)
+    idx = starts[:, None] + np.arange(length)[None, :]
+    return values[idx].reshape(len(starts), -1), starts
+
+
+def _per_step(window_scores: np.ndarray, starts: np.ndarray, length: int, n: int) -> np.ndarray:
+    acc, cnt = np.zeros(n), np.zeros(n)
+    for j in range(length):
+        acc[starts + j] += window_scores
+        cnt[starts + j] += 1
+    return acc / np.maximum(cnt, 1)
+
+
+def _baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int) -> np.ndarray:
+    stride = max(1, int(np.ceil((len(train) - length + 1) / FLAGS.max_baseline_windows)))
+    w_train, _ = _windows(train, length, stride)
+    w_test, starts = _windows(test, length, 1)
+    if name == "IForest":
+        from pyod.models.iforest import IForest  # pylint: disable=import-outside-toplevel
+        s = IForest(random_state=FLAGS.seed).fit(w_train).decision_function(w_test)
+    elif name == "KNN":
+        from pyod.models.knn import KNN  # pylint: disable=import-outside-toplevel
+        s = KNN().fit(w_train).decision_function(w_test)
+    elif name == "PCA":
+        from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
+        pca = PCA(n_components=0.95, svd_solver="full", random_state=FLAGS.seed).fit(w_train)
+        rec = pca.inverse_transform(pca.transform(w_test))
+        s = np.mean(np.square(w_test - rec), axis=1)
+    else:
+        raise ValueError(f"unknown baseline {name!r}; choose IForest, KNN or PCA")
+    return _per_step(np.asarray(s, np.float64), starts, length, len(test))
+
+
+def _metrics(y: np.ndarray, s: np.ndarray, vus_win: int) -> Dict[str, float]:
+    from adiff import metrics  # pylint: disable=import-outside-toplevel
+    return {"vus_pr": metrics.vus_pr(y, s, sliding_window=vus_win),
+            "auc_pr": metrics.auprc(y, s), "auroc": metrics.auroc(y, s),
+            "best_f1": float(metrics.best_f1(y, s).f1),
+            "pa_f1": float(metrics.point_adjusted_f1(y, s).f1)}
+
+
+def _splits(dataset: str):
+    from adiff.data import timeseries as tsd  # pylint: disable=import-outside-toplevel
+    root = pathlib.Path(FLAGS.data_dir)
+    if dataset == "asd":
+        for e in tsd.asd_entities(root / "asd")[:FLAGS.max_entities]:
+            yield e, tsd.load_asd(root / "asd", e)
+    elif dataset == "skab":
+        for r in tsd.skab_runs(root / "skab")[:FLAGS.max_entities]:
+            yield r, tsd.load_skab(root / "skab", r)
+    elif dataset == "nab":
+        by_cat: Dict[str, List[str]] = {}
+        for key in tsd.nab_series(root / "nab", with_anomalies=True):
+            by_cat.setdefault(key.split("/")[0], []).append(key)
+        order, i = [], 0
+        while len(order) < sum(map(len, by_cat.values())):
+            for cat in sorted(by_cat):
+                if i < len(by_cat[cat]):
+                    order.append(by_cat[cat][i])
+            i += 1
+        taken = 0
+        for key in order:
+            split = tsd.load_nab(root / "nab", key)
+            if split.labels.min() == split.labels.max():
+                continue  # no anomaly (or only anomalies) after the probationary period
+            yield key, split
+            taken += 1
+            if taken >= FLAGS.nab_max_series:
+                break
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose asd, skab or nab")
+
+
+def run_dataset(dataset: str, results: Dict) -> None:
+    from adiff import metrics  # pylint: disable=import-outside-toplevel
+    rows = results.setdefault(dataset, {})
+    skab_det = None
+    for name, (train, test, labels) in _splits(dataset):
+        if labels.min() == labels.max():
+            print(f"[{dataset}] {name}: skipped (one class in the test labels)", flush=True)
+            continue
+        row = {"n_train": int(len(train)), "n_test": int(len(test)), "anomaly_rate": float(labels.mean())}
+        vus_win = metrics.vus_window(test)
+        row["vus_window"] = int(vus_win)
+        t = time.perf_counter()
+        if dataset == "skab" and skab_det is not None:
+            det, fit_s = skab_det  # one detector for all SKAB runs (trained on anomaly-free.csv)
+        else:
+            det = _detector(dataset).fit(train)
+            fit_s = time.perf_counter() - t
+            if dataset == "skab":
+                skab_det = (det, fit_s)
+        scores = {}
+        for p in FLAGS.paradigms:
+            t = time.perf_counter()
+            scores[f"adiff-{p}"] = det.paradigm_scores(test, p)
+            row.setdefault("seconds", {})[f"adiff-{p}"] = {"fit": fit_s, "score": time.perf_counter() - t}
+        z_train, _ = det.transform(train)
+        z_test, _ = det.transform(test)
+        for b in FLAGS.baselines:
+            t = time.perf_counter()
+            scores[b] = _baseline_scores(b, z_train, z_test, det.window)
+            row["seconds"][b] = {"fit": 0.0, "score": time.perf_counter() - t}  # fit+score together
+        row["metrics"] = {k: _metrics(labels, s, vus_win) for k, s in scores.items()}
+        rows[name] = row
+        line = "  ".join(f"{k} {v['vus_pr']:.3f}" for k, v in row["metrics"].items())
+        print(f"[{dataset}] {name}: VUS-PR {line}  (fit {fit_s:.1f}s)", flush=True)
+        _write(results)
+
+
+def _mean_table(rows: Dict) -> List[str]:
+    methods = list(next(iter(rows.values()))["metrics"])
+    out = ["| method | VUS-PR | AUC-PR | AUROC | best F1 (oracle) | PA-F1 (legacy, oracle) | "
+           "fit s / 10k train steps | score s / 10k test steps |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    best = max(methods, key=lambda m: np.mean([r["metrics"][m]["vus_pr"] for r in rows.values()]))
+    for m in methods:
+        vals = {k: np.mean([r["metrics"][m][k] for r in rows.values()]) for k in
+                ("vus_pr", "auc_pr", "auroc", "best_f1", "pa_f1")}
+        n_tr = sum(r["n_train"] for r in rows.values())
+        n_te = sum(r["n_test"] for r in rows.values())
+        fit = sum(r["seconds"][m]["fit"] for r in rows.values())
+        if m.startswith("adiff") and len({r["seconds"][m]["fit"] for r in rows.values()}) == 1:
+            fit = next(iter(rows.values()))["seconds"][m]["fit"]  # one shared model (SKAB)
+            n_tr = next(iter(rows.values()))["n_train"]
+        score = sum(r["seconds"][m]["score"] for r in rows.values())
+        fit_txt = f"{1e4 * fit / n_tr:.1f}" if m.startswith("adiff") else "(in score)"
+        name = f"**{m}**" if m == best else m
+        out.append(f"| {name} | {vals['vus_pr']:.3f} | {vals['auc_pr']:.3f} | {vals['auroc']:.3f} | "
+                   f"{vals['best_f1']:.3f} | {vals['pa_f1']:.3f} | {fit_txt} | {1e4 * score / n_te:.1f} |")
+    return out
+
+
+def _entity_table(rows: Dict) -> List[str]:
+    methods = list(next(iter(rows.values()))["metrics"])
+    out = ["| series | steps (train / test) | anomaly % | " + " | ".join(methods) + " |",
+           "|---|---|---:|" + "---:|" * len(methods)]
+    for name, r in rows.items():
+        best = max(methods, key=lambda m: r["metrics"][m]["vus_pr"])
+        cells = [(f"**{r['metrics'][m]['vus_pr']:.3f}**" if m == best else f"{r['metrics'][m]['vus_pr']:.3f}")
+                 for m in methods]
+        out.append(f"| {name} | {r['n_train']} / {r['n_test']} | {100 * r['anomaly_rate']:.1f} | "
+                   + " | ".join(cells) + " |")
+    return out
+
+
+def _write(results: Dict) -> None:
+    path = pathlib.Path(FLAGS.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    json_path = path.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=1, default=float))
+    cmd = "python -m experiments.benchmarks.timeseries " + " ".join(sys.argv[1:])
+    lines = [
+        "# Time-series anomaly detection: adiff vs window baselines",
+        "",
+        "Produced by `experiments/benchmarks/timeseries.py` (issue 5); every figure below comes "
+        f"from one run of:\n\n    {cmd}\n",
+        f"Data: `{FLAGS.data_dir}` (the staged copies of ASD / InterFusion, SKAB and NAB; see "
+        "../shared/data/README.md). Seed {seed}; machine: {plat}, CPU only, 2 cores shared with "
+        "other jobs (timings are indicative).".format(seed=FLAGS.seed, plat=platform.platform()),
+        "",
+        "Protocol: ASD trains on each entity's train file and tests on its test file; SKAB trains "
+        "one model on anomaly-free.csv and tests every labelled run; NAB trains on the "
+        "probationary period (first min(floor(0.15 n), 750) points) and tests on the rest of the "
+        "series (series without an anomaly after that period are skipped). Inputs z-scored with "
+        "training statistics (clipped to +-10). VUS-PR is primary (buffer = the test series' "
+        "period from the autocorrelation, 125 when none; TSB-AD definition), then AUC-PR, AUROC, "
+        "best F1 without point adjustment, and point-adjusted F1 as a legacy figure only (random "
+        "scores reach high PA-F1). Best F1 and PA-F1 pick the threshold on the test labels "
+        "(oracle).",
+        "",
+        "adiff: `TimeSeriesDetector(**experiments/configs/ts_<dataset>.py detector)` = "
+        + "; ".join(f"{ds}: `{_det_kwargs(ds)}`" for ds in results if ds != "scaling")
+        + ". One network per series (per dataset for SKAB) scored by both paradigms from the "
+        "same network (`paradigm_scores`): imputation (grid + random masks, x0-predictions of the "
+        "last DDIM steps) and reconstruction (t0 = 0.1 and 0.3). Fit seconds include scoring "
+        "the training series (PyOD's decision_scores_). Baselines: PyOD IForest (100 "
+        "trees), PyOD KNN (k = 5, largest), PCA reconstruction error (95% variance), on "
+        "flattened windows of the detector's length (stride 1 at test, training windows capped "
+        f"at {FLAGS.max_baseline_windows}); window scores averaged per step.",
+        "",
+    ]
+    for ds, rows in results.items():
+        if ds == "scaling" or not rows:
+            continue
+        lines += [f"## {ds.upper()} ({len(rows)} series): mean over series", ""] + _mean_table(rows) + [
+            "", f"VUS-PR per series ({ds.upper()}); bold = best:", ""] + _entity_table(rows) + [""]
+    if "scaling" in results:
+        s = results["scaling"]
+        lines += ["## Scaling", "",
+                  f"Scoring a synthetic {s['steps']:,}-step univariate series ({s['scoring']}, "
+                  f"unchanged code, score_batch_size={s['score_batch_size']}): {s['seconds']:.1f} s, "
+                  f"peak RSS {s['peak_rss_mib']:.0f} MiB (process peak, after fitting on "
+                  f"{s['n_train']} steps; RSS before scoring {s['rss_before_mib']:.0f} MiB).", ""]
+    if "notes" in results:
+        lines += ["## Notes", ""] + results["notes"] + [""]
+    path.write_text("\n".join(lines))
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_scaling(results: Dict) -> None:
+    n = FLAGS.scaling_steps
+    rng = np.random.RandomState(FLAGS.seed)
+    train = np.sin(2 * np.pi * np.arange(5000) / 50) + 0.1 * rng.randn(5000)
+    det = _detector("default", scoring="reconstruction", train_steps=200).fit(train)
+    t = np.arange(n)
+    series = (np.sin(2 * np.pi * t / 50) + 0.1 * rng.randn(n)).astype(np.float32)
+    before = _rss_mib()
+    t0 = time.perf_counter()
+    s = det.decision_function(series)
+    results["scaling"] = {"steps": n, "scoring": "reconstruction", "seconds": time.perf_counter() - t0,
+                          "peak_rss_mib": _rss_mib(), "rss_before_mib": before, "n_train": 5000,
+                          "score_batch_size": det.score_batch_size, "n_scores": int(len(s))}
+    print("scaling:", results["scaling"], flush=True)
+
+
+def main(argv):
+    del argv
+    path = pathlib.Path(FLAGS.output).with_suffix(".json")
+    results = json.loads(path.read_text()) if path.exists() and not FLAGS.datasets else {}
+    for ds in FLAGS.datasets:
+        results.pop(ds, None)
+        run_dataset(ds, results)
+    if FLAGS.scaling_steps > 0:
+        run_scaling(results)
+    _write(results)
+
+
+if __name__ == "__main__":
+    app.run(main)

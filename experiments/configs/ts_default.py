@@ -1,0 +1,42 @@
+"""Default TimeSeriesDetector job (CPU-sized): the settings of docs/results/timeseries.md.
+
+One network per series (window 64, TemporalNet 32 channels x 4 blocks with attention), 500
+training steps of batch 64 (about a minute per ASD entity on 2 CPU cores), trained with both
+modes (unconditional 30% of windows, grid / random masks otherwise) so that it scores by
+imputation and by reconstruction. `dataset` is one of "asd:<entity>", "skab:<run>",
+"nab:<category>/<file>.csv" or "synthetic"; `data_dir` holds asd/, skab/ and nab/.
+"""
+import os
+
+import ml_collections
+
+
+def detector_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        scoring="imputation",
+        contamination=0.05,
+        window=64,
+        score_stride=16,
+        combine="mean",
+        channels=32,
+        num_blocks=4,
+        train_steps=500,
+        batch_size=64,
+        learning_rate=2e-3,
+        uncond_prob=0.3,
+        num_grid_masks=2,
+        num_random_masks=2,
+        solver_steps=10,
+        num_levels=3,
+    ))
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.kind = "timeseries"
+    c.dataset = "asd:omi-1"
+    c.data_dir = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "timeseries")
+    c.seed = 0
+    c.detector = detector_config()
+    c.baselines = ("IForest", "KNN", "PCA")
+    return c

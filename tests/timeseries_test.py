@@ -1,0 +1,159 @@
+"""Tests of adiff.detectors.timeseries.TimeSeriesDetector (tiny CPU configs, budget ~120 s)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from adiff import metrics
+from adiff import detectors
+from adiff.detectors import base
+from adiff.detectors.timeseries import TimeSeriesDetector
+
+TINY = dict(window=16, score_stride=4, channels=8, num_blocks=2, dilations=(1, 2), num_heads=2,
+            time_dim=16, train_steps=300, batch_size=32, solver_steps=4, num_levels=2,
+            learning_rate=3e-3, uncond_prob=0.3, score_batch_size=64)
+
+
+def _sine(n, seed, period=25, channels=1):
+    rng = np.random.RandomState(seed)
+    t = np.arange(n)[:, None]
+    phase = np.arange(channels)[None, :] * 0.7
+    return (np.sin(2 * np.pi * t / period + phase) + 0.05 * rng.randn(n, channels)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def uni():
+    det = TimeSeriesDetector(scoring="imputation", seed=0, **TINY)
+    det.fit(_sine(600, 0)[:, 0])
+    test = _sine(400, 1)[:, 0]
+    y = np.zeros(400, int)
+    test[150:154] += 3.0  # spike
+    y[150:154] = 1
+    return det, test, y
+
+
+def test_univariate_contract_and_planted_anomaly(uni):
+    det, test, y = uni
+    assert det.decision_scores_.shape == (600,) and det.n_features_in_ == 1
+    s = det.decision_function(test)
+    assert s.shape == (400,) and s.dtype == np.float64 and np.isfinite(s).all()
+    assert metrics.auroc(y, s) > 0.9
+    r = det.paradigm_scores(test, "reconstruction")
+    assert r.shape == (400,) and metrics.auroc(y, r) > 0.9
+    # every step has a score, the first and last included, and the spike is the top region.
+    assert s[0] > 0 and s[-1] > 0
+    assert np.argmax(s) in range(146, 158)
+    # A level shift is harder for local imputation (neighbours inside the shift agree with each
+    # other): its onset and end still rank above 95% of the normal steps.
+    shifted, ys = test.copy(), y.copy()
+    shifted[300:310] -= 1.5
+    ys[300:310] = 1
+    s2 = det.decision_function(shifted)
+    assert s2[300:311].max() > np.percentile(s2[ys == 0], 95)
+    labels = det.predict(test)
+    assert labels.shape == (400,) and set(np.unique(labels)) <= {0, 1}
+    assert labels[150:154].all()
+    proba = det.predict_proba(test)
+    assert proba.shape == (400, 2)
+
+
+def test_pandas_series_and_2d_input_agree(uni):
+    det, test, _ = uni
+    a = det.decision_function(test)
+    np.testing.assert_allclose(det.decision_function(pd.Series(test)), a, rtol=1e-6)
+    np.testing.assert_allclose(det.decision_function(test[:, None]), a, rtol=1e-6)
+
+
+def test_centre_combine_scores_every_step(uni):
+    det, test, y = uni
+    centre = TimeSeriesDetector(scoring="imputation", seed=0, combine="centre", **TINY)
+    centre._import({"n_features": 1, "n_train": 600}, {"loc": det.loc_, "scale": det.scale_,
+                                                        "params": det.params_})
+    centre.decision_scores_ = det.decision_scores_
+    s = centre.paradigm_scores(test, "imputation")
+    assert s.shape == (400,) and np.isfinite(s).all() and (s > 0).all()
+    assert metrics.auroc(y, s) > 0.85
+
+
+def test_input_errors(uni):
+    det, test, _ = uni
+    with pytest.raises(ValueError, match="channels"):
+        det.decision_function(np.stack([test, test], axis=1))
+    with pytest.raises(ValueError, match="window=16"):
+        det.decision_function(test[:10])
+    with pytest.raises(ValueError, match="rank"):
+        det.decision_function(test.reshape(4, 100, 1))
+    bad = test.copy()
+    bad[3] = np.inf
+    with pytest.raises(ValueError, match="inf"):
+        det.decision_function(bad)
+    with pytest.raises(TypeError):
+        det.decision_function(np.array(["a"] * 40))
+    with pytest.raises(ValueError, match="all NaN"):
+        det.decision_function(np.full(40, np.nan))
+    with pytest.raises(ValueError, match="window=16"):
+        TimeSeriesDetector(**TINY).fit(np.zeros(8))
+    with pytest.raises(ValueError, match="scoring"):
+        TimeSeriesDetector(scoring="density").fit(test)
+    with pytest.raises(ValueError, match="num_grid_masks"):
+        TimeSeriesDetector(num_grid_masks=1).fit(test)
+    with pytest.raises(ValueError, match="score_stride"):
+        TimeSeriesDetector(window=8, score_stride=9).fit(test)
+    with pytest.raises(ValueError, match="num_heads"):
+        TimeSeriesDetector(channels=6, num_heads=4).fit(test)
+    with pytest.raises(ValueError, match="scoring"):
+        det.paradigm_scores(test, "dte")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TimeSeriesDetector().decision_function(test)
+
+
+def test_multivariate_with_missing_values():
+    rng = np.random.RandomState(3)
+    train = _sine(500, 2, channels=3)
+    train[rng.rand(*train.shape) < 0.05] = np.nan  # missing training values
+    frame = pd.DataFrame(train, columns=["a", "b", "c"])
+    det = TimeSeriesDetector(scoring="imputation", seed=1, mask_rate=0.1, **TINY).fit(frame)
+    assert det.n_features_in_ == 3 and det.decision_scores_.shape == (500,)
+    np.testing.assert_allclose(det.loc_, np.nanmean(train, 0), atol=1e-5)
+    np.testing.assert_allclose(det.scale_, np.nanstd(train, 0), rtol=1e-4)
+
+    test = _sine(300, 4, channels=3)
+    y = np.zeros(300, int)
+    test[100:103, 1] += 4.0  # anomaly in one channel only
+    y[100:103] = 1
+    test[200:205, :] = np.nan  # fully missing steps
+    test[50, 0] = np.nan
+    s = det.decision_function(test)
+    assert s.shape == (300,) and np.isfinite(s).all()
+    assert metrics.auroc(y, s) > 0.9
+    values, observed = det.transform(test)
+    assert observed[50, 0] == 0 and observed[200:205].sum() == 0 and observed[51, 0] == 1
+    maps = det.channel_scores(test)
+    assert maps.shape == (300, 3)
+    assert maps[50, 0] == 0 and (maps[200:205] == 0).all()  # missing entries are never scored
+    assert np.argmax(maps[100]) == 1  # the anomalous channel carries the error
+
+    # a missing value is a mask, not a zero: a spike hidden behind NaN is not scored high,
+    # while the same position filled with the spike value is.
+    spiky = _sine(300, 4, channels=3)
+    spiky[150, 2] = 8.0
+    hidden = spiky.copy()
+    hidden[150, 2] = np.nan
+    assert det.decision_function(spiky)[150] > 5 * det.decision_function(hidden)[150]
+
+
+def test_save_load_identical_scores(uni, tmp_path):
+    det, test, _ = uni
+    assert "TimeSeriesDetector" in detectors.__all__  # adiff.load rebuilds only exported classes
+    det.save(tmp_path / "det")
+    det2 = base.load(tmp_path / "det")
+    assert isinstance(det2, TimeSeriesDetector) and det2.get_params() == det.get_params()
+    np.testing.assert_array_equal(det2.decision_function(test), det.decision_function(test))
+    np.testing.assert_array_equal(det2.decision_scores_, det.decision_scores_)
+    assert det2.threshold_ == det.threshold_
+    # a saved detector refuses arrays of another shape (a 2-channel configuration).
+    import json
+    cfg = json.loads((tmp_path / "det" / "adiff.json").read_text())
+    cfg["meta"]["n_features"] = 2
+    (tmp_path / "det" / "adiff.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="shape"):
+        base.load(tmp_path / "det")
