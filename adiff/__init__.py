@@ -18,6 +18,8 @@ _EXPORTS = {
     # detectors (PyOD-compatible)
     "BaseDetector": "adiff.detectors.base",
     "TabularDetector": "adiff.detectors.tabular",
+    "ImageDetector": "adiff.detectors.image",
+    "ImageAnalysis": "adiff.detectors.image",
     "TimeSeriesDetector": "adiff.detectors.timeseries",
     "load": "adiff.detectors.base",
     # diffusion foundations
@@ -30,7 +32,7 @@ _EXPORTS = {
     "TrainConfig": "adiff.training.trainer",
     "fit": "adiff.training.trainer",
 }
-_SUBMODULES = ("analytic", "data", "detectors", "likelihood", "losses", "metrics", "nets",
+_SUBMODULES = ("analytic", "data", "detectors", "likelihood", "losses", "metrics", "nets", "noise",
                "parameterization", "scoring", "sde", "sharding", "solvers", "training", "validation")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

@@ -195,7 +195,8 @@ def _detector_classes():
     from adiff import detectors
     return {name: getattr(detectors, name) for name in detectors.__all__
             if isinstance(getattr(detectors, name), type)
-            and issubclass(getattr(detectors, name), BaseDetector)}
+            and issubclass(getattr(detectors, name), BaseDetector)
+            and getattr(detectors, name) is not BaseDetector}
 
 
 def load(path: str | os.PathLike) -> BaseDetector:

@@ -83,14 +83,14 @@ class TabularDetector(BaseDetector):
         self.scaler = scaler
         self.hidden = hidden
         self.num_blocks = num_blocks
-        self.dte_hidden = tuple(dte_hidden)
+        self.dte_hidden = dte_hidden  # stored as given (sklearn's clone checks identity)
         self.num_bins = num_bins
         self.dropout = dropout
         self.train_steps = train_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
-        self.t0 = tuple(t0)
+        self.t0 = t0
         self.solver_steps = solver_steps
         self.k = k
         self.mask_rate = mask_rate
@@ -122,7 +122,7 @@ class TabularDetector(BaseDetector):
         return ResidualMLP(features=self.hidden, num_blocks=self.num_blocks)
 
     def _dte_net(self) -> MLPClassifier:
-        return MLPClassifier(hidden=self.dte_hidden, num_outputs=self.num_bins, dropout=self.dropout)
+        return MLPClassifier(hidden=tuple(self.dte_hidden), num_outputs=self.num_bins, dropout=self.dropout)
 
     @property
     def _sde(self) -> sde_lib.VPSDE:
@@ -207,7 +207,7 @@ class TabularDetector(BaseDetector):
 
         if name == "reconstruction":
             def fn(p, x, obs, key):
-                return scoring.reconstruction(score_fn_of(p, obs), sde, x, key, t0=self.t0,
+                return scoring.reconstruction(score_fn_of(p, obs), sde, x, key, t0=tuple(self.t0),
                                               num_steps=self.solver_steps).maps
         elif name == "density":
             def fn(p, x, obs, key):

@@ -1,0 +1,449 @@
+r"""Image anomaly detection benchmark: Magnetic tile (image/pixel AUROC, AUPRO) and MNIST one-vs-rest.
+
+  flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.image [--quick]
+
+Data (read-only, ../shared/data): Magnetic-tile defects (MT_*/Imgs) and the MNIST test split.
+Protocols (docs DESIGN.md): Magnetic tile grayscale resized to --size px, train on a random 70%
+of MT_Free (seed), test on the rest of MT_Free plus all defect images; MNIST one-vs-rest, 80% of
+the normal digit trains, the rest of it plus the other digits test.
+
+In one script, side by side: baselines (a convolutional autoencoder with the same training
+budget, PCA reconstruction, KNN on pixels), the adiff remedy ablation (plain reconstruction vs
+partial diffusion, structured noise, masked reconstruction, conditioned denoising, map head, and
+a combination fixed in advance), and the steps/throughput comparison (1000-step reverse SDE vs
+10-step DDIM / DPM-Solver++ vs latent diffusion) on a fixed subset of the test images.
+Writes docs/results/image.md (tables, command) and docs/results/image/*.png (maps), and the raw
+numbers to docs/results/image/results.json.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import sys
+import time
+
+from absl import app, flags
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adiff import metrics
+from adiff.data import image as image_data
+from adiff.detectors.image import ImageDetector, _gaussian_blur
+from adiff.nets.autoencoder import ConvAutoencoder
+from adiff.training import trainer
+from experiments.configs import image_magnetic_tile, image_mnist
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data" / "image"
+
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script, minutes).")
+_SIZE = flags.DEFINE_integer("size", 32, "Magnetic tile side in pixels (<= 64 on this CPU).")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the Magnetic-tile split/training.")
+_STEPS = flags.DEFINE_integer("train_steps", 1500, "Training steps of every Magnetic-tile model.")
+_DIGITS = flags.DEFINE_list("digits", ["0", "1", "2", "3", "4"], "MNIST normal digits to run.")
+_MNIST_STEPS = flags.DEFINE_integer("mnist_train_steps", 400, "Training steps per MNIST model.")
+_MNIST_PER_CLASS = flags.DEFINE_integer(
+    "mnist_test_per_class", 0, "Cap on test images per anomalous digit (0 = all of them).")
+_SUBSET = flags.DEFINE_integer("steps_subset", 64, "Test images for the steps/throughput table.")
+_SDE_STEPS = flags.DEFINE_integer("sde_steps", 1000, "Steps of the reference reverse-SDE solver.")
+_OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "image.md"), "Results file.")
+_SKIP_MNIST = flags.DEFINE_bool("skip_mnist", False, "Only Magnetic tile.")
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# baselines
+# ------------------------------------------------------------------------------------------------
+def _head(maps: np.ndarray, *, sigma: float, topk: float) -> tuple[np.ndarray, np.ndarray]:
+    """The same map post-processing as adiff's: Gaussian blur, then the top-k mean."""
+    m = np.asarray(_gaussian_blur(jnp.asarray(maps, jnp.float32), sigma))
+    flat = m.reshape(len(m), -1)
+    k = max(1, int(round(topk * flat.shape[1])))
+    return np.sort(flat, axis=1)[:, -k:].mean(axis=1), m
+
+
+def pca_baseline(train: np.ndarray, test: np.ndarray, *, var: float = 0.95):
+    from sklearn.decomposition import PCA
+    a = train.reshape(len(train), -1).astype(np.float32) / 255.0
+    b = test.reshape(len(test), -1).astype(np.float32) / 255.0
+    pca = PCA(n_components=var, svd_solver="full").fit(a)
+    rec = pca.inverse_transform(pca.transform(b))
+    err = ((b - rec) ** 2).reshape(test.shape).mean(axis=-1)
+    return err
+
+
+def knn_baseline(train: np.ndarray, test: np.ndarray, *, k: int = 5) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+    a = train.reshape(len(train), -1).astype(np.float32) / 255.0
+    b = test.reshape(len(test), -1).astype(np.float32) / 255.0
+    nn = NearestNeighbors(n_neighbors=k).fit(a)
+    d, _ = nn.kneighbors(b)
+    return d.mean(axis=1)
+
+
+def ae_baseline(train: np.ndarray, test: np.ndarray, *, steps: int, batch_size: int, lr: float,
+                seed: int, features=(32, 64), latent_channels: int = 4):
+    ae = ConvAutoencoder(features=tuple(features), latent_channels=latent_channels,
+                         out_channels=train.shape[-1])
+    a = 2.0 * train.astype(np.float32) / 255.0 - 1.0
+    b = 2.0 * test.astype(np.float32) / 255.0 - 1.0
+    params = jax.jit(ae.init)(jax.random.key(seed, impl="rbg"), jnp.asarray(a[:1]))
+
+    def loss_fn(p, batch, key):
+        del key
+        return jnp.mean(jnp.square(ae.apply(p, batch) - batch)), {}
+
+    cfg = trainer.TrainConfig(num_steps=steps, batch_size=min(batch_size, len(a)), learning_rate=lr,
+                              warmup_steps=min(100, steps // 10), ema_decay=0.995,
+                              log_every=max(1, steps // 5), checkpoint_every=steps, seed=seed)
+    p = trainer.fit(loss_fn, params, a, config=cfg, progress=False).state.ema_params
+    apply = jax.jit(lambda p, v: ae.apply(p, v))
+    rec = np.concatenate([np.asarray(apply(p, jnp.asarray(b[i:i + 256]))) for i in range(0, len(b), 256)])
+    return ((b - rec) ** 2).mean(axis=-1) / 4.0, (rec + 1.0) / 2.0  # error in [0, 1] units
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation helpers
+# ------------------------------------------------------------------------------------------------
+def evaluate(test: image_data.ImageSet, scores, maps=None) -> dict:
+    out = {"image_auroc": metrics.auroc(test.labels, scores)}
+    if maps is not None and test.masks is not None:
+        out["pixel_auroc"] = metrics.pixel_auroc(test.masks, maps)
+        out["aupro"] = metrics.aupro(test.masks, maps)
+    return out
+
+
+def timed_analyze(det: ImageDetector, x: np.ndarray):
+    t = time.perf_counter()
+    res = det.analyze(x)
+    total = time.perf_counter() - t
+    bs = det.batch_seconds_
+    bsz = int(min(det.score_batch_size, len(x)))
+    if len(bs) > 1:  # throughput without the first (compiling) batch
+        ips = (len(x) - bsz) / sum(bs[1:])
+    else:
+        ips = len(x) / total
+    return res, ips, total
+
+
+def fmt(v, nd=3):
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
+
+
+def mean_sd(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Magnetic tile
+# ------------------------------------------------------------------------------------------------
+def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure_dir: pathlib.Path):
+    data = image_data.load_magnetic_tile(DATA / "magnetic_tile", size=size)
+    split = image_data.magnetic_tile_split(data, seed=seed, train_fraction=cfg.train_fraction)
+    train, test = split.train, split.test
+    log(f"MT seed {seed}: train {train.shape}, test {test.images.shape}, anomalous {test.labels.sum()}")
+    base = dict(cfg.detector)
+    base.update(seed=seed, train_steps=steps)
+    rem = dict(cfg.remedies)
+    sigma, topk = rem["map_sigma"], base["topk"]
+    rows, extra = {}, {}
+
+    # -- baselines ------------------------------------------------------------------------
+    t = time.perf_counter()
+    err = pca_baseline(train, test.images)
+    s, m = _head(err, sigma=sigma, topk=topk)
+    rows["PCA reconstruction (95% var.)"] = evaluate(test, s, m)
+    rows["KNN on pixels (k=5)"] = evaluate(test, knn_baseline(train, test.images))
+    err, ae_rec = ae_baseline(train, test.images, steps=steps, batch_size=base["batch_size"],
+                              lr=base["learning_rate"], seed=seed)
+    s, ae_maps = _head(err, sigma=sigma, topk=topk)
+    rows["Conv AE (same steps)"] = evaluate(test, s, ae_maps)
+    log(f"baselines {time.perf_counter() - t:.0f}s", rows)
+
+    # -- adiff, Gaussian-noise pixel model: ablation ------------------------------------------
+    t = time.perf_counter()
+    det = ImageDetector(**base).fit(train)
+    train_time = time.perf_counter() - t
+    log(f"gaussian model trained {train_time:.0f}s")
+    ablation = [
+        ("plain: full diffusion (t0 = 1.0)", dict(t0=(1.0,))),
+        ("partial diffusion t0 = 0.1", dict(t0=(0.1,))),
+        ("partial diffusion t0 = 0.25", dict(t0=(0.25,))),
+        ("partial diffusion t0 = 0.5", dict(t0=(0.5,))),
+        (f"masked reconstruction (4 masks, {max(2, size // 4)} px patches, from T)",
+         dict(scoring="masked", mask_patch=max(2, size // 4), num_masks=4, mask_t0=1.0)),
+        ("conditioned denoising w = 1 (t0 = 0.5)", dict(t0=(0.5,), guidance=1.0)),
+        ("conditioned denoising w = 1 (t0 = 1.0)", dict(t0=(1.0,), guidance=1.0)),
+        ("t0 = 0.25 + multi-scale map (1, 2, 4) + blur", dict(t0=(0.25,), map_scales=(1, 2, 4), map_sigma=1.0)),
+        ("score norm (ts = 0.05, 0.1, 0.25), native score", dict(scoring="score_norm", t0=(0.05, 0.1, 0.25), image_score="native")),
+    ]
+    if quick:
+        ablation = ablation[:2] + ablation[4:5] + ablation[5:6]
+    ab_rows = {}
+    for name, kw in ablation:
+        det.set_params(**{**_score_defaults(base), **kw})
+        res, ips, total = timed_analyze(det, test.images)
+        ab_rows[name] = {**evaluate(test, res.scores, res.maps), "images_per_s": ips}
+        log(name, ab_rows[name])
+    det.set_params(**_score_defaults(base))
+
+    # -- structured-noise model -----------------------------------------------------------
+    t = time.perf_counter()
+    det_s = ImageDetector(**{**base, "noise": rem["noise"]}).fit(train)
+    log(f"{rem['noise']} model trained {time.perf_counter() - t:.0f}s")
+    for t0 in ((0.25,), (0.5,)):
+        det_s.set_params(**{**_score_defaults(base), "t0": t0})
+        res, ips, _ = timed_analyze(det_s, test.images)
+        name = f"{rem['noise']} noise, t0 = {t0[0]}"
+        ab_rows[name] = {**evaluate(test, res.scores, res.maps), "images_per_s": ips}
+        log(name, ab_rows[name])
+    # The combination fixed in advance (configs/image_magnetic_tile.py: remedies).
+    det_s.set_params(**{**_score_defaults(base), "t0": tuple(rem["t0"]), "guidance": rem["guidance"],
+                        "map_scales": tuple(rem["map_scales"]), "map_sigma": rem["map_sigma"]})
+    best, ips, _ = timed_analyze(det_s, test.images)
+    name = (f"combination: {rem['noise']} noise + t0 = {rem['t0'][0]} + conditioned w = "
+            f"{rem['guidance']} + multi-scale map + blur")
+    ab_rows[name] = {**evaluate(test, best.scores, best.maps), "images_per_s": ips}
+    log(name, ab_rows[name])
+    rows["adiff (combination)"] = ab_rows[name]
+
+    # -- steps / throughput on a fixed subset -----------------------------------------------
+    rng = np.random.default_rng(seed)
+    n_sub = min(_SUBSET.value, len(test))
+    sub_idx = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(test.labels == 0), n_sub // 2, replace=False),
+        rng.choice(np.flatnonzero(test.labels == 1), n_sub - n_sub // 2, replace=False)]))
+    sub = test.subset(sub_idx)
+    step_rows = {}
+    t0_ref = (0.25,)
+    sde_steps = 50 if quick else _SDE_STEPS.value
+    steps_cfg = [
+        (f"reverse SDE, {sde_steps} steps", det, dict(solver="reverse_diffusion", solver_steps=sde_steps)),
+        ("DDIM, 10 steps", det, dict(solver="ddim", solver_steps=10)),
+        ("DPM-Solver++(2M), 10 steps", det, dict(solver="dpm_solver_pp", solver_steps=10)),
+        ("DDIM, 5 steps", det, dict(solver="ddim", solver_steps=5)),
+    ]
+    t = time.perf_counter()
+    det_l = ImageDetector(**{**base, "latent": True, "ae_features": (32, 64), "latent_channels": 4,
+                             "channel_mults": (1, 2), "score_batch_size": 32}).fit(train)
+    log(f"latent model trained {time.perf_counter() - t:.0f}s")
+    steps_cfg.append(("latent diffusion (AE f=4, 8x8x4 latents), DDIM 10 steps", det_l,
+                      dict(solver="ddim", solver_steps=10)))
+    for name, d, kw in steps_cfg:
+        d.set_params(**{**_score_defaults(base), "t0": t0_ref, "score_batch_size": 32, **kw})
+        res, ips, _ = timed_analyze(d, sub.images)
+        step_rows[name] = {**evaluate(sub, res.scores, res.maps), "images_per_s": ips}
+        log(name, step_rows[name])
+    # latent model on the full test set too
+    det_l.set_params(**{**_score_defaults(base), "t0": t0_ref})
+    res, ips, _ = timed_analyze(det_l, test.images)
+    ab_rows["latent diffusion, t0 = 0.25 (DDIM 10)"] = {**evaluate(test, res.scores, res.maps), "images_per_s": ips}
+    log("latent full", ab_rows["latent diffusion, t0 = 0.25 (DDIM 10)"])
+
+    # -- figure -----------------------------------------------------------------------------
+    if figure_dir is not None:
+        _figure(test, best, ae_maps, ae_rec, figure_dir / f"magnetic_tile_seed{seed}.png", seed)
+    return {"rows": rows, "ablation": ab_rows, "steps": step_rows, "n_train": int(len(train)),
+            "n_test": int(len(test)), "n_anomalous": int(test.labels.sum()), "n_subset": int(n_sub),
+            "train_seconds_gaussian": train_time}
+
+
+def _score_defaults(base: dict) -> dict:
+    return dict(scoring="reconstruction", t0=tuple(base["t0"]), solver=base["solver"],
+                solver_steps=base["solver_steps"], guidance=0.0, map_scales=(1,), map_sigma=0.0,
+                image_score=base["image_score"], topk=base["topk"],
+                score_batch_size=base["score_batch_size"], eta=0.0)
+
+
+def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(seed)
+    picks = []
+    for kind in ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven", "MT_Free"):
+        idx = [i for i, k in enumerate(test.kinds) if k == kind]
+        picks.append(int(rng.choice(idx)))
+    rows = [("input", lambda i: test.images[i, ..., 0] / 255.0, "gray"),
+            ("mask", lambda i: test.masks[i], "gray"),
+            ("adiff recon.", lambda i: best.reconstructions[i, ..., 0], "gray"),
+            ("adiff map", lambda i: best.maps[i], "inferno"),
+            ("AE recon.", lambda i: ae_rec[i, ..., 0], "gray"),
+            ("AE map", lambda i: ae_maps[i], "inferno")]
+    fig, axes = plt.subplots(len(rows), len(picks), figsize=(1.4 * len(picks), 1.4 * len(rows)))
+    for r, (title, get, cmap) in enumerate(rows):
+        for c, i in enumerate(picks):
+            ax = axes[r, c]
+            ax.imshow(get(i), cmap=cmap, vmin=0 if cmap == "gray" else None,
+                      vmax=1 if cmap == "gray" else None)
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=7)
+            if r == 0:
+                ax.set_title(test.kinds[i].replace("MT_", ""), fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# MNIST
+# ------------------------------------------------------------------------------------------------
+def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool):
+    cfg = image_mnist.get_config()
+    images, labels = image_data.load_mnist(DATA / "mnist" / "t10k-images-idx3-ubyte.gz",
+                                           DATA / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    out = {}
+    for d in digits:
+        split = image_data.one_vs_rest_split(images, labels, normal_class=d, seed=seed,
+                                             train_fraction=cfg.train_fraction)
+        test = split.test
+        if per_class:
+            rng = np.random.default_rng(seed)
+            keep = []
+            for c in range(10):
+                idx = [i for i, k in enumerate(test.kinds) if k == str(c)]
+                if c != d and len(idx) > per_class:
+                    idx = sorted(rng.choice(idx, per_class, replace=False).tolist())
+                keep += idx
+            test = test.subset(np.sort(np.asarray(keep)))
+        base = {**dict(cfg.detector), "seed": seed, "train_steps": steps}
+        t = time.perf_counter()
+        det = ImageDetector(**base).fit(split.train)
+        res = det.analyze(test.images)
+        r = {"adiff": metrics.auroc(test.labels, res.scores)}
+        err, _ = ae_baseline(split.train, test.images, steps=steps, batch_size=32, lr=2e-3, seed=seed,
+                             features=(16, 32))
+        r["conv_ae"] = metrics.auroc(test.labels, err.reshape(len(err), -1).mean(axis=1))
+        r["pca"] = metrics.auroc(test.labels, pca_baseline(split.train, test.images).reshape(len(test), -1).mean(axis=1))
+        r["knn"] = metrics.auroc(test.labels, knn_baseline(split.train, test.images))
+        r["n_test"] = int(len(test))
+        out[str(d)] = r
+        log(f"MNIST digit {d} ({time.perf_counter() - t:.0f}s)", r)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+def write_report(results: dict, path: pathlib.Path, command: str) -> None:
+    seeds = results["seeds"]
+    mt = results["magnetic_tile"]
+    lines = ["# Image anomaly detection (ImageDetector)", "",
+             "Produced by `experiments/benchmarks/image.py`:", "", "```", command, "```", "",
+             f"Machine: {results['machine']}. Wall time {results['wall_minutes']:.1f} min.", "",
+             "## Magnetic-tile defects", "",
+             f"Data: `../shared/data/image/magnetic_tile` (1,344 images), grayscale, resized to "
+             f"{results['size']} x {results['size']} px (bilinear; masks resized then thresholded at 128). "
+             f"Protocol: train on a random 70% of MT_Free (seed), test on the rest of MT_Free plus all "
+             f"392 defect images. Seeds: {', '.join(map(str, seeds))}"
+             + (" (one seed only: the CPU budget of this run; the issue asks for 3)" if len(seeds) < 3 else "")
+             + ". Image AUROC, pixel AUROC over all test pixels, AUPRO (8-connected regions, FPR <= 0.3, "
+             "normalised). Every model trains "
+             f"{results['train_steps']} steps, batch 32. The baselines' maps go through the same head as "
+             "adiff's (Gaussian blur sigma = 1 px, image score = mean of the top 1% of the map); KNN has no map.",
+             "", "### Baselines vs adiff", "",
+             "| method | image AUROC | pixel AUROC | AUPRO |", "|---|---:|---:|---:|"]
+    names = list(mt[0]["rows"])
+    for n in names:
+        vals = [r["rows"][n] for r in mt]
+        lines.append(f"| {n} | {mean_sd([v.get('image_auroc') for v in vals])} | "
+                     f"{mean_sd([v.get('pixel_auroc') for v in vals])} | {mean_sd([v.get('aupro') for v in vals])} |")
+    lines += ["", "### Identity-shortcut remedies (ablation, full test set)", "",
+              "One Gaussian-noise UNet (16 channels, 3 levels) serves every row except the structured-noise "
+              "rows (a second UNet trained with that noise) and the latent row (an autoencoder + a latent "
+              "UNet). Solver: DDIM, 10 steps, unless stated. Image score: top-1% mean of the map.", "",
+              "| configuration | image AUROC | pixel AUROC | AUPRO | images/s |", "|---|---:|---:|---:|---:|"]
+    for n in mt[0]["ablation"]:
+        vals = [r["ablation"][n] for r in mt]
+        lines.append(f"| {n} | {mean_sd([v.get('image_auroc') for v in vals])} | "
+                     f"{mean_sd([v.get('pixel_auroc') for v in vals])} | {mean_sd([v.get('aupro') for v in vals])} | "
+                     f"{np.mean([v['images_per_s'] for v in vals]):.1f} |")
+    lines += ["", "### Steps and throughput (fixed test subset)", "",
+              f"{mt[0]['n_subset']} test images (half normal, half defective, drawn with the seed), t0 = 0.25, "
+              "batch 32; images/s excludes the first (compiling) batch; the machine's other jobs make "
+              "throughput figures approximate.", "",
+              "| solver | image AUROC | pixel AUROC | AUPRO | images/s |", "|---|---:|---:|---:|---:|"]
+    for n in mt[0]["steps"]:
+        vals = [r["steps"][n] for r in mt]
+        lines.append(f"| {n} | {mean_sd([v.get('image_auroc') for v in vals])} | "
+                     f"{mean_sd([v.get('pixel_auroc') for v in vals])} | {mean_sd([v.get('aupro') for v in vals])} | "
+                     f"{np.mean([v['images_per_s'] for v in vals]):.1f} |")
+    lines += ["", f"![inputs, masks, reconstructions and maps](image/magnetic_tile_seed{seeds[0]}.png)", ""]
+    if results.get("mnist"):
+        mn = results["mnist"]
+        lines += ["## MNIST one-vs-rest", "",
+                  "Data: `../shared/data/image/mnist` (the 10,000-image test split; no training split is "
+                  "staged), 28 x 28. For each normal digit, 80% of its images (seed "
+                  f"{results['mnist_seed']}) train, the rest of it plus the other digits test"
+                  + (f" (capped at {results['mnist_per_class']} images per anomalous digit)" if results['mnist_per_class'] else "")
+                  + f". Digits run: {', '.join(mn)}"
+                  + (" (a subset of the ten: CPU budget)" if len(mn) < 10 else "")
+                  + f". adiff: Gaussian UNet, {results['mnist_steps']} steps, t0 = 0.5, DDIM 10, maps at scales 1 and 2, "
+                  "blur 1 px, image score = map mean. Conv AE with the same steps; PCA 95% variance; KNN k = 5. "
+                  "Image scores are the mean map (reconstruction baselines) or the mean kNN distance.", "",
+                  "| digit | adiff | conv AE | PCA | KNN | test images |", "|---|---:|---:|---:|---:|---:|"]
+        for d, r in mn.items():
+            lines.append(f"| {d} | {r['adiff']:.3f} | {r['conv_ae']:.3f} | {r['pca']:.3f} | {r['knn']:.3f} | {r['n_test']} |")
+        lines.append("| mean | " + " | ".join(f"{np.mean([r[k] for r in mn.values()]):.3f}"
+                                                 for k in ("adiff", "conv_ae", "pca", "knn")) + " | |")
+        lines.append("")
+    lines += ["## Reading the numbers", "", "<!-- notes -->", ""]
+    text = "\n".join(lines)
+    if path.exists():  # keep hand-written notes below the marker
+        old = path.read_text()
+        if "<!-- notes -->" in old:
+            text = text.replace("<!-- notes -->", old.split("<!-- notes -->", 1)[1].strip("\n")
+                                if old.split("<!-- notes -->", 1)[1].strip() else "<!-- notes -->")
+            if "<!-- notes -->" not in text:
+                text = text.replace("## Reading the numbers\n", "## Reading the numbers\n\n<!-- notes -->\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv):
+    del argv
+    t_all = time.perf_counter()
+    quick = _QUICK.value
+    seeds = [int(s) for s in _SEEDS.value]
+    size = 16 if quick else _SIZE.value
+    steps = 40 if quick else _STEPS.value
+    cfg = image_magnetic_tile.get_config()
+    out_path = pathlib.Path(_OUT.value)
+    fig_dir = out_path.parent / "image"
+    if quick:
+        out_path = pathlib.Path("/tmp/adiff_image_quick.md")
+        fig_dir = pathlib.Path("/tmp/adiff_image_quick")
+    results = {"seeds": seeds, "size": size, "train_steps": steps,
+               "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
+                          f"jax {jax.__version__}", "magnetic_tile": []}
+    for seed in seeds:
+        results["magnetic_tile"].append(run_magnetic_tile(seed, cfg, size, steps, quick, fig_dir))
+    if not _SKIP_MNIST.value:
+        digits = [int(d) for d in _DIGITS.value][: (1 if quick else None)]
+        results.update(mnist=run_mnist(digits, seeds[0], 30 if quick else _MNIST_STEPS.value,
+                                       50 if quick else _MNIST_PER_CLASS.value, quick),
+                       mnist_seed=seeds[0], mnist_steps=30 if quick else _MNIST_STEPS.value,
+                       mnist_per_class=50 if quick else _MNIST_PER_CLASS.value)
+    results["wall_minutes"] = (time.perf_counter() - t_all) / 60.0
+    command = "flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.image " + " ".join(sys.argv[1:])
+    write_report(results, out_path, command.strip())
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    (fig_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    log(f"wrote {out_path} ({results['wall_minutes']:.1f} min)")
+
+
+if __name__ == "__main__":
+    app.run(main)
