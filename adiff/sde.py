@@ -115,18 +115,17 @@ class SDE:
         return self.drift(x, t) - 0.5 * g2 * score_fn(x, t)
 
 
-@flax.struct.dataclass
-class VPSDE(SDE):
-    """Variance-preserving SDE (the continuous DDPM): dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW."""
+class _LinearBeta(SDE):
+    """The linear noise rate beta(t) = beta_min + t (beta_max - beta_min) shared by VP and sub-VP."""
 
-    beta_min: float = flax.struct.field(pytree_node=False, default=0.1)
-    beta_max: float = flax.struct.field(pytree_node=False, default=20.0)
+    beta_min: float
+    beta_max: float
 
     def __post_init__(self):
         if not 0 <= self.beta_min < self.beta_max:
             raise ValueError(
-                f"VPSDE needs 0 <= beta_min < beta_max, got beta_min={self.beta_min}, "
-                f"beta_max={self.beta_max}")
+                f"{type(self).__name__} needs 0 <= beta_min < beta_max, got "
+                f"beta_min={self.beta_min}, beta_max={self.beta_max}")
 
     def beta(self, t: Array) -> Array:
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -137,18 +136,26 @@ class VPSDE(SDE):
     def drift_coef(self, t):
         return -0.5 * self.beta(jnp.asarray(t))
 
-    def diffusion(self, t):
-        return jnp.sqrt(self.beta(jnp.asarray(t)))
-
     def log_alpha(self, t):
         return -0.5 * self.integrated_beta(jnp.asarray(t))
+
+    def prior_std(self):
+        return 1.0
+
+
+@flax.struct.dataclass
+class VPSDE(_LinearBeta):
+    """Variance-preserving SDE (the continuous DDPM): dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW."""
+
+    beta_min: float = flax.struct.field(pytree_node=False, default=0.1)
+    beta_max: float = flax.struct.field(pytree_node=False, default=20.0)
+
+    def diffusion(self, t):
+        return jnp.sqrt(self.beta(jnp.asarray(t)))
 
     def sigma(self, t):
         # 1 - alpha^2 through expm1: exact in float32 near t = 0 where 1 - alpha^2 ~ beta_min t.
         return jnp.sqrt(jnp.maximum(-jnp.expm1(-self.integrated_beta(jnp.asarray(t))), 0.0))
-
-    def prior_std(self):
-        return 1.0
 
     def discretize(self, x, t, dt):
         # DDPM's discrete chain x_{i+1} = sqrt(1 - b_i) x_i + sqrt(b_i) z, with the exact
@@ -161,26 +168,11 @@ class VPSDE(SDE):
 
 
 @flax.struct.dataclass
-class SubVPSDE(SDE):
+class SubVPSDE(_LinearBeta):
     """Sub-VP SDE: VP drift, diffusion sqrt(beta(t) (1 - exp(-2 int beta))); variance <= VP's."""
 
     beta_min: float = flax.struct.field(pytree_node=False, default=0.1)
     beta_max: float = flax.struct.field(pytree_node=False, default=20.0)
-
-    def __post_init__(self):
-        if not 0 <= self.beta_min < self.beta_max:
-            raise ValueError(
-                f"SubVPSDE needs 0 <= beta_min < beta_max, got beta_min={self.beta_min}, "
-                f"beta_max={self.beta_max}")
-
-    def beta(self, t: Array) -> Array:
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
-    def integrated_beta(self, t: Array) -> Array:
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t
-
-    def drift_coef(self, t):
-        return -0.5 * self.beta(jnp.asarray(t))
 
     def diffusion(self, t):
         t = jnp.asarray(t)
@@ -188,14 +180,8 @@ class SubVPSDE(SDE):
         # for tiny arguments in large batches (seen here: NaNs from a batch of ~8000 under jit).
         return jnp.sqrt(jnp.maximum(self.beta(t) * -jnp.expm1(-2.0 * self.integrated_beta(t)), 0.0))
 
-    def log_alpha(self, t):
-        return -0.5 * self.integrated_beta(jnp.asarray(t))
-
     def sigma(self, t):
         return -jnp.expm1(-self.integrated_beta(jnp.asarray(t)))
-
-    def prior_std(self):
-        return 1.0
 
 
 @flax.struct.dataclass
