@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adiff import losses, parameterization, scoring, sde as sde_lib, validation
+from adiff import losses, parameterization, scoring, sde as sde_lib, sharding, validation
 from adiff.data.tabular import TabularEncoder
 from adiff.detectors.base import BaseDetector
 from adiff.nets.classifier import MLPClassifier
@@ -236,12 +236,26 @@ class TabularDetector(BaseDetector):
         """Applies the cached jitted fn(params, x, obs, key) over fixed-size padded batches.
 
         `scoring.batched` does the slicing and padding; jit=False there because `fn` is already
-        compiled once per detector, so repeated decision_function calls never recompile.
+        compiled once per detector, so repeated decision_function calls never recompile. With
+        several local devices each batch is split over all of them ("data" axis of a mesh).
         """
+        n = len(values)
+        ndev = jax.local_device_count()
+        put = lambda a: a
+        if ndev > 1:
+            mesh = sharding.make_mesh(ndev)
+            spec = sharding.data_sharding(mesh)
+            put = lambda a: jax.device_put(a, spec)
+            pad = (-n) % ndev  # every batch, the last one included, must split evenly
+            if pad:
+                values = np.concatenate([values, np.repeat(values[-1:], pad, 0)])
+                observed = np.concatenate([observed, np.repeat(observed[-1:], pad, 0)])
         bs = int(min(self.score_batch_size, len(values)))
-        return np.asarray(scoring.batched(lambda x, key, obs: fn(params, x, obs, key), values,
-                                          batch_size=bs, key=jax.random.key(self.seed + 7),
-                                          batch_kwargs={"obs": observed}, jit=False))
+        bs -= bs % ndev
+        out = scoring.batched(lambda x, key, obs: fn(params, put(x), put(obs), key), values,
+                              batch_size=bs, key=jax.random.key(self.seed + 7),
+                              batch_kwargs={"obs": observed}, jit=False)
+        return np.asarray(out)[:n]
 
     def _paradigm(self, name: str, values: np.ndarray, observed: np.ndarray, *,
                   training: bool = False) -> np.ndarray:
