@@ -20,7 +20,10 @@ _EXPORTS = {
     "TabularDetector": "adiff.detectors.tabular",
     "ImageDetector": "adiff.detectors.image",
     "ImageAnalysis": "adiff.detectors.image",
+    "MultimodalDetector": "adiff.detectors.multimodal",
+    "MultimodalScores": "adiff.detectors.multimodal",
     "TimeSeriesDetector": "adiff.detectors.timeseries",
+    "VideoDetector": "adiff.detectors.video",
     "load": "adiff.detectors.base",
     # diffusion foundations
     "VPSDE": "adiff.sde",

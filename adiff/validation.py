@@ -5,10 +5,40 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["as_float_array", "check_n_features", "check_choice", "check_positive_int", "check_fraction"]
+__all__ = ["as_float_array", "check_size", "check_n_features", "check_choice", "check_positive_int",
+           "check_fraction", "MAX_ELEMENTS"]
 
 # Above this many elements a request is refused before allocation (about 4 GiB of float32).
 MAX_ELEMENTS = 1 << 30
+
+
+def check_size(x, *, name: str = "X", max_elements: int | None = None) -> None:
+    """Refuses an input with more than `max_elements` elements, before anything is converted.
+
+    Reads only the shape (numpy arrays and views, pandas objects, jax arrays, anything with
+    `.shape`); lists and other array-likes are left to the later conversion. Call it first in a
+    public entry point, so a huge request (e.g. a zero-stride `np.broadcast_to` view, or a table
+    far beyond memory) is an immediate ValueError rather than an allocation failure.
+
+    Args:
+      x: the input.
+      name: argument name used in the error message.
+      max_elements: limit (default `MAX_ELEMENTS`, 2**30, about 4 GiB of float32).
+
+    Raises:
+      ValueError: more elements than the limit.
+    """
+    limit = MAX_ELEMENTS if max_elements is None else int(max_elements)
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        return
+    try:
+        size = int(np.prod([int(d) for d in shape], dtype=object))
+    except (TypeError, ValueError):
+        return
+    if size > limit:
+        raise ValueError(f"{name} has {size} elements (shape {tuple(shape)}), more than the limit "
+                         f"{limit}; score it in chunks")
 
 
 def as_float_array(x, *, name: str = "X", ndim: int | Sequence[int] | None = None,
@@ -33,6 +63,7 @@ def as_float_array(x, *, name: str = "X", ndim: int | Sequence[int] | None = Non
     """
     if x is None:
         raise TypeError(f"{name} must be an array, got None")
+    check_size(x, name=name)
     if hasattr(x, "to_numpy"):  # pandas
         x = x.to_numpy()
     arr = np.asarray(x)

@@ -46,10 +46,15 @@ class TabularEncoder:
     @staticmethod
     def _frame(X, columns: Optional[List[str]] = None, *, name: str = "X") -> pd.DataFrame:
         if isinstance(X, pd.DataFrame):
+            complex_cols = [str(c) for c in X.columns if pd.api.types.is_complex_dtype(X[c].dtype)]
+            if complex_cols:
+                raise TypeError(f"{name} must hold real numbers or categories; columns {complex_cols} are complex")
             return X
         if isinstance(X, pd.Series):
             return X.to_frame()
         arr = np.asarray(X)
+        if arr.dtype.kind == "c":
+            raise TypeError(f"{name} must hold real numbers or categories, got complex dtype {arr.dtype}")
         if arr.ndim != 2:
             raise ValueError(f"{name} must be a 2-D table [n_samples, n_features], got shape {arr.shape}")
         cols = columns if columns is not None and len(columns) == arr.shape[1] else [f"x{i}" for i in range(arr.shape[1])]

@@ -87,6 +87,7 @@ class BaseDetector(BaseEstimator):
           self, with `decision_scores_`, `threshold_` and `labels_` set.
         """
         self._check_contamination()
+        validation.check_size(X, name="X")  # before pandas/astype copies a huge input
         data = self._prepare(X, fitting=True)
         self._fit(data, y)
         self.decision_scores_ = np.asarray(self._training_scores(data), np.float64)
@@ -106,6 +107,7 @@ class BaseDetector(BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores of X, one float per sample; higher = more anomalous."""
         self._check_fitted()
+        validation.check_size(X, name="X")
         return np.asarray(self._decision_function(self._prepare(X, fitting=False)), np.float64)
 
     def predict(self, X, return_confidence: bool = False):

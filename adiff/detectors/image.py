@@ -292,6 +292,7 @@ class ImageDetector(BaseDetector):
                 raise ValueError(f"map_scales entry {s} must divide the working size {hw}")
 
     def _prepare(self, X, *, fitting: bool):
+        validation.check_size(X, name="X")  # before any cast copies a huge input
         if fitting:
             self._check_fit_params()
             self._check_score_params()

@@ -8,6 +8,12 @@ epochs). The step key is `fold_in(key(seed), step)`. So a run resumed from a che
 reads exactly the batches and keys an uninterrupted run would, and ends in the same state,
 provided the `TrainConfig` is the same (the cosine schedule's horizon is `num_steps`: resuming with
 a different `num_steps` changes the learning rates of the remaining steps).
+
+Preemption: a SIGKILL at any moment loses at most the steps since the last checkpoint (orbax
+writes each checkpoint to a temporary directory and renames it when complete, so a half-written
+one is never restored). A SIGTERM (the usual advance warning of a preemption) makes `fit` finish
+the current step, save a checkpoint at that step, and raise `Preempted` (a `SystemExit` with code
+143), so an unhandled SIGTERM still ends the process after the save.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Mapping
 
@@ -30,8 +38,8 @@ from adiff.training.state import TrainState, create_train_state
 from adiff.training.step import LossFn, make_train_step
 from adiff.typing import PyTree
 
-__all__ = ["TrainConfig", "FitResult", "make_schedule", "make_optimizer", "make_dataset",
-           "tree_sha256", "fit"]
+__all__ = ["TrainConfig", "FitResult", "Preempted", "make_schedule", "make_optimizer",
+           "make_dataset", "tree_sha256", "fit"]
 
 SCHEDULES = ("cosine", "constant")
 
@@ -123,6 +131,51 @@ class FitResult:
     start_step: int = 0
 
 
+class Preempted(SystemExit):
+    """Raised by `fit` after a SIGTERM, once the checkpoint of the current step is saved.
+
+    A `SystemExit` (code 143 = 128 + SIGTERM), so a script that does not catch it exits with the
+    conventional status of a process ended by SIGTERM. Attribute `step`: the saved global step.
+    """
+
+    def __init__(self, step: int):
+        super().__init__(128 + signal.SIGTERM)
+        self.step = step
+
+    def __str__(self) -> str:
+        return f"training preempted by SIGTERM; checkpoint saved at step {self.step}"
+
+
+class _SigtermFlag:
+    """Installs a SIGTERM handler (main thread only) that records the request; restores on exit."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self._prev = None
+        self._installed = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum, frame):  # pylint: disable=unused-argument
+        self.requested = True
+
+    def __enter__(self):
+        if self._installed:
+            self._prev = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._prev)
+        return False
+
+    def agreed(self) -> bool:
+        """The request, OR-ed over processes (a collective when there are several)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        flags = multihost_utils.process_allgather(np.asarray([int(self.requested)], np.int32))
+        return bool(np.max(flags))
+
+
 def make_schedule(config: TrainConfig) -> optax.Schedule:
     """Learning-rate schedule: linear warm-up from 0, then cosine decay to 0 or constant."""
     _check_config(config)
@@ -198,10 +251,23 @@ def make_dataset(data: Any, *, batch_size: int, seed: int) -> grain.MapDataset:
     return indices.map(lambda idx: jax.tree.map(lambda a: a[np.asarray(idx)], arrays))
 
 
+def _host_tree(tree: PyTree) -> PyTree:
+    """Host copy of `tree`; with several processes, global arrays are gathered (a collective)."""
+    if jax.process_count() > 1 and any(
+            isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)):
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.device_get(tree)
+
+
 def tree_sha256(tree: PyTree) -> str:
-    """SHA-256 over the leaves' key paths, dtypes, shapes and bytes (host copy, flatten order)."""
+    """SHA-256 over the leaves' key paths, dtypes, shapes and bytes (host copy, flatten order).
+
+    With several processes and non-addressable global arrays this gathers them, so every process
+    must call it (it is a collective); all processes then get the same digest.
+    """
     h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(_host_tree(tree))[0]:
         arr = np.ascontiguousarray(np.asarray(leaf))
         h.update(jax.tree_util.keystr(path).encode())
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
@@ -265,7 +331,7 @@ def _summarize(window: list[dict], step: int, lr: float, dt: float) -> dict:
 
 def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
         workdir: str | None = None, mesh: Mesh | None = None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, handle_sigterm: bool = True) -> FitResult:
     """Trains `init_params` on `data` by minimizing `loss_fn`, with checkpoints and logs.
 
     With a `workdir`, the run resumes automatically from the latest checkpoint in
@@ -283,9 +349,15 @@ def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
       workdir: directory for checkpoints and logs; None trains in memory only.
       mesh: optional device mesh (see `adiff.sharding.make_mesh`); None uses the default device.
       progress: print a progress line at every log step.
+      handle_sigterm: with a `workdir`, catch SIGTERM while training (main thread only): finish
+        the current step, save a checkpoint and raise `Preempted`. With several processes the
+        request is agreed at checkpoint steps (every `checkpoint_every` steps).
 
     Returns:
       A `FitResult` with the final state, the logged history and the start step.
+
+    Raises:
+      Preempted: after a SIGTERM, once the checkpoint of the current step is saved.
     """
     _check_config(config)
     if not callable(loss_fn):
@@ -332,7 +404,10 @@ def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
     history: list[dict] = []
     window: list[dict] = []
     t_run = t_window = time.perf_counter()
+    preempted = False
+    sigterm = _SigtermFlag(handle_sigterm and manager is not None)
     try:
+        sigterm.__enter__()
         for s in range(start, config.num_steps):
             batch = dataset[s]
             if nproc > 1:
@@ -353,6 +428,10 @@ def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
                 window, t_window = [], time.perf_counter()
             if manager is not None and done % config.checkpoint_every == 0:
                 manager.save(done, args=ocp.args.StandardSave(state))
+            if sigterm.requested if nproc == 1 else (
+                    done % config.checkpoint_every == 0 and sigterm.agreed()):
+                preempted = True
+                break
         final_step = int(jax.device_get(state.step))
         if manager is not None and manager.latest_step() != final_step:
             manager.save(final_step, args=ocp.args.StandardSave(state), force=True)
@@ -361,13 +440,21 @@ def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
             manager.wait_until_finished()
             manager.close()
         logger.close()
+        sigterm.__exit__(None, None, None)
 
+    if preempted:
+        if jax.process_index() == 0 and progress:
+            print(f"SIGTERM: checkpoint saved at step {final_step}; exiting", flush=True)
+        raise Preempted(final_step)
+    if workdir is not None:
+        # Checksums first, on every process (they gather sharded arrays); process 0 writes.
+        params_sha, ema_sha = tree_sha256(state.params), tree_sha256(state.ema_params)
     if workdir is not None and jax.process_index() == 0:
         final = {
             "step": final_step,
             "start_step": start,
-            "params_sha256": tree_sha256(state.params),
-            "ema_params_sha256": tree_sha256(state.ema_params),
+            "params_sha256": params_sha,
+            "ema_params_sha256": ema_sha,
             "loss": history[-1]["loss"] if history else None,
             "wall_time_s": time.perf_counter() - t_run,
         }
