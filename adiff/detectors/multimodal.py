@@ -1,0 +1,682 @@
+"""MultimodalDetector: early, late and dynamic fusion over per-modality diffusion embeddings.
+
+Inputs are dicts of arrays sharing the first dimension N, e.g. {"image": [N, H, W, C],
+"caption": [N, L] int tokens, "sensors": [N, T, C], "table": [N, D]}; `modalities` names the kind
+of each key (see KINDS). A modality may be missing for some samples: give an all-NaN sample (float
+kinds), a row of negative tokens (text), None for the whole key, or an explicit presence mask under
+the reserved key "present" ({key: bool [N]}). Every sample needs at least one present modality.
+
+Training, in three stages, all on normal data:
+1. Encoders. One encoder per modality (adiff.nets.fusion) is trained jointly with an MLP decoder
+   (reconstruction: squared error, or cross-entropy for tokens) and a projection head into a shared
+   space (symmetric InfoNCE between every pair of present modalities of the same sample). The
+   reconstruction term keeps each embedding informative about its own input (so a corrupted image
+   moves its embedding); the contrastive term aligns the modalities (so the embedding of a caption
+   predicts that of its image, which makes cross-modal inconsistency visible). The encoders are
+   then frozen. Why not train them with the DSM loss on the embeddings? Jointly minimising a DSM
+   loss over learned embeddings lets the encoders shrink or collapse the embeddings, which makes
+   denoising trivial and scores meaningless; freezing after a reconstruction + alignment stage
+   avoids that (fixed random features were the other option: they keep no cross-modal alignment).
+2. Joint diffusion model (early fusion). A ResidualMLP eps-model over the concatenated,
+   standardised embeddings [B, D], conditioned on two per-dimension masks: "present" and "noised".
+   Each training sample draws, per modality, a role: noised target, clean context or dropped
+   (modality dropout), with at least one target; the DSM loss counts target entries only. One
+   network thus gives the joint, the unimodal (others dropped) and the conditional (others clean)
+   denoising errors.
+3. Dynamic gate. A ModalityGate over the present embeddings predicts, per sample, the log-variance
+   of each normalised score component on normal data (heteroscedastic Gaussian likelihood, under
+   random modality dropout); a component weighs exp(-log-variance), zero when unavailable.
+
+Scores (denoising errors are means over fixed times `ts` and `num_draws` fixed noise draws, so
+scores are deterministic):
+- unimodal[m]: mean of the z-scored denoising error of m alone and (trainable kinds) the z-scored
+  reconstruction error of m; normal on its own data => about 0.
+- cross: mean over present m of z(E_cond[m] - E_alone[m]), the extra denoising error of m when the
+  other present modalities are given as context (normalised per presence pattern); 0 with one
+  modality.
+- early: mean over present m of z(E_joint[m]) (all present modalities noised together;
+  normalised per presence pattern).
+- late: mean of unimodal[m] over present m.
+- dynamic: sum_c w_c * component_c over components (unimodal..., cross), w from the gate.
+Normalisers are fitted on the training data for every presence pattern, so a sample with a
+missing modality is compared with normal samples missing the same modality.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adiff import losses, sde as sde_lib, validation
+from adiff.detectors.base import BaseDetector
+from adiff.nets.fusion import KINDS, ModalityGate, ModalitySpec, MultimodalAutoencoder, embedding_dim
+from adiff.nets.mlp import ResidualMLP
+from adiff.training import trainer
+from adiff.typing import Array
+
+FUSIONS = ("early", "late", "dynamic")
+PRESENT_KEY = "present"
+
+__all__ = ["MultimodalDetector", "MultimodalScores", "FUSIONS", "KINDS", "PRESENT_KEY"]
+
+
+@flax.struct.dataclass
+class MultimodalScores:
+    """Score decomposition of `MultimodalDetector.decompose`.
+
+    Attributes:
+      score: [N] the detector's score (its `fusion`).
+      early: [N] early-fusion score.
+      late: [N] late-fusion score.
+      dynamic: [N] dynamic-fusion score (equal weights when the gate was not trained).
+      unimodal: [N, M] normalised per-modality scores (NaN where the modality is missing).
+      cross: [N] normalised cross-modal term (0 with a single present modality).
+      weights: [N, M + 1] dynamic weights of (unimodal..., cross); zero where unavailable.
+      contributions: [N, M + 1] weights * components: what each part adds to the dynamic score.
+      present: [N, M] presence mask.
+    """
+
+    score: Array  # [N]
+    early: Array  # [N]
+    late: Array  # [N]
+    dynamic: Array  # [N]
+    unimodal: Array  # [N, M]
+    cross: Array  # [N]
+    weights: Array  # [N, M + 1]
+    contributions: Array  # [N, M + 1]
+    present: Array  # [N, M]
+
+
+def _patterns(m: int) -> np.ndarray:
+    """All 2^m presence patterns as a [2^m, m] bool table (row p = bits of p)."""
+    return np.array([[(p >> i) & 1 for i in range(m)] for p in range(2 ** m)], bool)
+
+
+class MultimodalDetector(BaseDetector):
+    """Multimodal diffusion anomaly detector (PyOD-compatible, dict inputs).
+
+    Args:
+      modalities: {key: kind}, kind in KINDS ("image", "text", "series", "table", "embedding").
+      fusion: "early", "late" or "dynamic" (the score of decision_function).
+      contamination: expected fraction of anomalies, in (0, 0.5].
+      seed: random seed.
+      embed_dim: embedding size of each trainable modality.
+      proj_dim: size of the shared contrastive space.
+      contrastive_weight: weight of the InfoNCE alignment loss (0 disables alignment).
+      temperature: InfoNCE temperature.
+      hidden: width of the joint score network (ResidualMLP).
+      num_blocks: residual blocks of the score network.
+      encoder_steps: optimisation steps of the encoder stage.
+      diffusion_steps: optimisation steps of the joint diffusion model.
+      gate_steps: optimisation steps of the dynamic gate (fusion="dynamic" only).
+      batch_size: training batch size (capped at N).
+      learning_rate: Adam peak learning rate.
+      drop_rate: probability of dropping a present context modality while training (robustness to
+        missing modalities).
+      ts: diffusion times at which denoising errors are measured.
+      num_draws: fixed noise draws per time.
+      vocab_size: text vocabulary size (token 0 = padding); None infers max token + 1 at fit.
+      score_batch_size: fixed scoring batch size.
+      verbose: print training progress.
+    """
+
+    def __init__(self, *, modalities: Mapping[str, str] | None = None, fusion: str = "dynamic",
+                 contamination: float = 0.1, seed: int = 0, embed_dim: int = 16, proj_dim: int = 32,
+                 contrastive_weight: float = 1.0, temperature: float = 0.1, hidden: int = 128,
+                 num_blocks: int = 2, encoder_steps: int = 1500, diffusion_steps: int = 3000,
+                 gate_steps: int = 500, batch_size: int = 256, learning_rate: float = 1e-3,
+                 drop_rate: float = 0.3, ts: Sequence[float] = (0.05, 0.2, 0.5), num_draws: int = 4,
+                 vocab_size: int | None = None, score_batch_size: int = 1024, verbose: bool = False):
+        self.modalities = modalities
+        self.fusion = fusion
+        self.contamination = contamination
+        self.seed = seed
+        self.embed_dim = embed_dim
+        self.proj_dim = proj_dim
+        self.contrastive_weight = contrastive_weight
+        self.temperature = temperature
+        self.hidden = hidden
+        self.num_blocks = num_blocks
+        self.encoder_steps = encoder_steps
+        self.diffusion_steps = diffusion_steps
+        self.gate_steps = gate_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.drop_rate = drop_rate
+        self.ts = ts
+        self.num_draws = num_draws
+        self.vocab_size = vocab_size
+        self.score_batch_size = score_batch_size
+        self.verbose = verbose
+
+    # -- validation ---------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if not isinstance(self.modalities, Mapping) or not self.modalities:
+            raise TypeError(f"modalities must be a non-empty dict {{key: kind}}, got {self.modalities!r}")
+        for k, kind in self.modalities.items():
+            if not isinstance(k, str) or k == PRESENT_KEY:
+                raise ValueError(f"modalities keys must be strings other than {PRESENT_KEY!r}, got {k!r}")
+            validation.check_choice(kind, KINDS, name=f"modalities[{k!r}]")
+        if len(self.modalities) > 6:
+            raise ValueError(f"modalities must hold at most 6 keys, got {len(self.modalities)}")
+        validation.check_choice(self.fusion, FUSIONS, name="fusion")
+        for name in ("embed_dim", "proj_dim", "hidden", "num_blocks", "encoder_steps",
+                     "diffusion_steps", "gate_steps", "batch_size", "num_draws", "score_batch_size"):
+            validation.check_positive_int(getattr(self, name), name=name)
+        validation.check_fraction(self.drop_rate, name="drop_rate", low=0.0, high=0.9, inclusive_low=True)
+        if not self.ts or any(not 0.0 < float(t) <= 1.0 for t in self.ts):
+            raise ValueError(f"ts must be a non-empty sequence of times in (0, 1], got {self.ts!r}")
+        if not float(self.temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not float(self.contrastive_weight) >= 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight!r}")
+        if self.vocab_size is not None:
+            validation.check_positive_int(self.vocab_size, name="vocab_size")
+
+    @property
+    def _keys(self) -> list:
+        return list(self.modalities)
+
+    def _prepare(self, X, *, fitting: bool):
+        if fitting:
+            self._check_params()
+        if not isinstance(X, Mapping):
+            raise TypeError(f"X must be a dict {{key: array}} with keys {self._keys}, got {type(X).__name__}")
+        keys = [k for k in X if k != PRESENT_KEY]
+        missing = [k for k in self._keys if k not in X]
+        extra = [k for k in keys if k not in self.modalities]
+        if missing or extra:
+            raise ValueError(f"X must have the keys {self._keys} (a modality missing for every sample "
+                             f"is given as None); missing {missing}, unexpected {extra}")
+        arrays = {k: X[k] for k in self._keys}
+        ns = {k: len(v) for k, v in arrays.items() if v is not None}
+        if not ns:
+            raise ValueError("X has no data: every modality is None")
+        n = next(iter(ns.values()))
+        if any(v != n for v in ns.values()):
+            raise ValueError(f"every modality of X must have the same number of samples N; got {ns}")
+        if n < 1:
+            raise ValueError("X must hold at least one sample; got N=0")
+        explicit = X.get(PRESENT_KEY)
+        if explicit is not None and not isinstance(explicit, Mapping):
+            raise TypeError(f"X[{PRESENT_KEY!r}] must be a dict {{key: bool [N]}}, got {type(explicit).__name__}")
+        if fitting:
+            if any(v is None for v in arrays.values()):
+                raise ValueError(f"fit needs data for every modality; None for {[k for k, v in arrays.items() if v is None]}")
+            self._fit_input_stats(arrays)
+        values, present = [], []
+        for i, k in enumerate(self._keys):
+            v, p = self._convert(k, arrays[k], n)
+            if explicit is not None and k in explicit:
+                e = np.asarray(explicit[k])
+                if e.shape != (n,):
+                    raise ValueError(f"X[{PRESENT_KEY!r}][{k!r}] must have shape ({n},), got {e.shape}")
+                p = p & e.astype(bool)
+            v = np.where(p.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0).astype(v.dtype)
+            values.append(v)
+            present.append(p)
+        present = np.stack(present, axis=1)
+        if not present.any(axis=1).all():
+            bad = np.flatnonzero(~present.any(axis=1))[:5]
+            raise ValueError(f"every sample needs at least one present modality; samples {bad.tolist()} have none")
+        return values, present
+
+    def _fit_input_stats(self, arrays) -> None:
+        self.input_shapes_ = {}
+        self.input_stats_ = {}
+        vocab = {}
+        for k, kind in self.modalities.items():
+            a = arrays[k]
+            if kind == "text":
+                a = np.asarray(a)
+                if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+                    raise ValueError(f"X[{k!r}] (text) must be an int array [N, L], got {a.dtype} {a.shape}")
+                vocab[k] = int(self.vocab_size or max(int(a.max()) + 1, 2))
+                self.input_shapes_[k] = [int(a.shape[1])]
+                continue
+            a = self._as_float(k, a, kind)
+            self.input_shapes_[k] = [int(s) for s in a.shape[1:]]
+            rows = ~np.isnan(a.reshape(len(a), -1)).all(axis=1)
+            if not rows.any():
+                raise ValueError(f"X[{k!r}] has no present sample to fit on")
+            a = a[rows]
+            axes = (0, 1, 2, 3) if kind == "image" else tuple(range(a.ndim - 1))
+            mean = np.nanmean(a, axis=axes)
+            std = np.nanstd(a, axis=axes)
+            self.input_stats_[k] = (np.asarray(mean, np.float32).reshape(-1), np.asarray(np.where(std > 1e-6, std, 1.0), np.float32).reshape(-1))
+        self.vocab_ = vocab
+
+    @staticmethod
+    def _as_float(k, a, kind) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype == np.uint8 and kind == "image":
+            a = a.astype(np.float32) / 255.0
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise TypeError(f"X[{k!r}] must be numeric, got dtype {a.dtype}")
+        a = a.astype(np.float32)
+        want = {"image": (3, 4), "series": (3,), "table": (2,), "embedding": (2,)}[kind]
+        if a.ndim not in want:
+            raise ValueError(f"X[{k!r}] ({kind}) must have {want[0] + 1 if kind == 'image' and a.ndim == 3 else want} "
+                             f"dimensions, got shape {a.shape}")
+        if kind == "image" and a.ndim == 3:
+            a = a[..., None]
+        if np.isinf(a).any():
+            raise ValueError(f"X[{k!r}] contains inf")
+        return a
+
+    def _convert(self, k, a, n):
+        kind = self.modalities[k]
+        shape = tuple(self.input_shapes_[k])
+        if a is None:
+            dtype = np.int32 if kind == "text" else np.float32
+            return np.zeros((n,) + shape, dtype), np.zeros(n, bool)
+        if kind == "text":
+            a = np.asarray(a)
+            if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"X[{k!r}] (text) must be an int array [N, L], got {a.dtype} {a.shape}")
+            if a.shape[1:] != shape:
+                raise ValueError(f"X[{k!r}] must have shape [N, {shape[0]}] as in fit, got {a.shape}")
+            present = ~(a < 0).all(axis=1)
+            if (a[present] < 0).any() or (a >= self.vocab_[k]).any():
+                raise ValueError(f"X[{k!r}] tokens must be in [0, {self.vocab_[k]}) (a row of negative "
+                                 f"tokens marks a missing caption)")
+            return np.where(a < 0, 0, a).astype(np.int32), present
+        a = self._as_float(k, a, kind)
+        if a.shape[1:] != shape:
+            raise ValueError(f"X[{k!r}] must have per-sample shape {shape} as in fit, got {a.shape[1:]}")
+        flat = np.isnan(a.reshape(len(a), -1))
+        present = ~flat.all(axis=1)
+        if flat[present].any():
+            raise ValueError(f"X[{k!r}] has NaN inside a present sample; NaN marks a whole missing sample only")
+        mean, std = self.input_stats_[k]
+        return ((np.nan_to_num(a) - mean) / std).astype(np.float32), present
+
+    # -- model pieces -------------------------------------------------------------------------
+    def _specs(self):
+        specs = []
+        for k, kind in self.modalities.items():
+            shape = tuple(self.input_shapes_[k])
+            if kind == "image" and len(shape) == 2:
+                shape = shape + (1,)
+            specs.append(ModalitySpec(k, kind, shape, int(self.vocab_.get(k, 0))))
+        return tuple(specs)
+
+    def _autoencoder(self) -> MultimodalAutoencoder:
+        return MultimodalAutoencoder(self._specs(), embed_dim=self.embed_dim, proj_dim=self.proj_dim)
+
+    def _dims(self):
+        return [embedding_dim(s, self.embed_dim) for s in self._specs()]
+
+    def _score_net(self) -> ResidualMLP:
+        return ResidualMLP(features=self.hidden, num_blocks=self.num_blocks)
+
+    def _gate(self) -> ModalityGate:
+        return ModalityGate(len(self.modalities) + 1)
+
+    @property
+    def _sde(self):
+        return sde_lib.VPSDE()
+
+    def _train_config(self, steps: int, n: int, offset: int) -> trainer.TrainConfig:
+        return trainer.TrainConfig(
+            num_steps=steps, batch_size=int(min(self.batch_size, n)), learning_rate=self.learning_rate,
+            warmup_steps=min(100, steps // 10), schedule="cosine", grad_clip_norm=1.0, ema_decay=0.99,
+            log_every=max(1, steps // 5), checkpoint_every=steps, seed=self.seed + offset)
+
+    def _init_params(self):
+        specs = self._specs()
+        dummy = [jnp.zeros((1,) + s.shape, jnp.int32 if s.kind == "text" else jnp.float32) for s in specs]
+        d = sum(self._dims())
+        m = len(specs)
+        k1, k2, k3 = jax.random.split(jax.random.key(self.seed), 3)
+        return {"autoencoder": self._autoencoder().init(k1, dummy),
+                "score": self._score_net().init(k2, jnp.zeros((1, d)), jnp.zeros((1,)), jnp.zeros((1, 2 * d))),
+                "gate": self._gate().init(k3, jnp.zeros((1, d + m)))}
+
+    # -- stage 1: encoders --------------------------------------------------------------------
+    def _recon_errors(self, specs, inputs, recons):
+        """Per-sample reconstruction error [B, M] (0 for identity modalities)."""
+        cols = []
+        for s, x, r in zip(specs, inputs, recons):
+            if r is None:
+                cols.append(jnp.zeros((x.shape[0],)))
+            elif s.kind == "text":
+                logp = jax.nn.log_softmax(r)
+                cols.append(-jnp.mean(jnp.take_along_axis(logp, x[..., None], axis=-1)[..., 0], axis=1))
+            else:
+                cols.append(jnp.mean((r - x.reshape(x.shape[0], -1)) ** 2, axis=1))
+        return jnp.stack(cols, axis=1)
+
+    def _fit_encoders(self, values, present, params):
+        ae, specs, tau, cw = self._autoencoder(), self._specs(), float(self.temperature), float(self.contrastive_weight)
+        m = len(specs)
+
+        def loss_fn(p, batch, key):
+            inputs = [batch[f"x{i}"] for i in range(m)]
+            pres = batch["present"].astype(jnp.float32)
+            z, rec, proj = ae.apply(p, inputs)
+            rerr = self._recon_errors(specs, inputs, rec)
+            recon = jnp.sum(rerr * pres) / jnp.maximum(jnp.sum(pres), 1.0)
+            con = jnp.zeros(())
+            for a, b in itertools.combinations(range(m), 2):
+                both = pres[:, a] * pres[:, b]
+                logits = proj[a] @ proj[b].T / tau
+                neg = jnp.where(both[None, :] > 0, 0.0, -1e9)
+                la = jax.nn.log_softmax(logits + neg, axis=1)
+                lb = jax.nn.log_softmax(logits.T + neg, axis=1)
+                nll = -(jnp.diag(la) + jnp.diag(lb)) / 2
+                con = con + jnp.sum(nll * both) / jnp.maximum(jnp.sum(both), 1.0)
+            return recon + cw * con, {"recon": recon, "contrastive": con}
+
+        data = {f"x{i}": v for i, v in enumerate(values)}
+        data["present"] = present
+        res = trainer.fit(loss_fn, params, data, config=self._train_config(self.encoder_steps, len(present), 1),
+                          progress=self.verbose)
+        return res.state.params
+
+    # -- stage 2: joint diffusion -------------------------------------------------------------
+    def _dim_masks(self, pm: Array) -> Array:
+        """[B, M] per-modality mask -> [B, D] per-dimension mask."""
+        return jnp.repeat(pm, np.array(self._dims()), axis=1, total_repeat_length=sum(self._dims()))
+
+    def _fit_diffusion(self, emb, present, params):
+        net, sde, m, drop = self._score_net(), self._sde, present.shape[1], float(self.drop_rate)
+
+        def loss_fn(p, batch, key):
+            k_role, k_pick, k_drop, k_loss = jax.random.split(key, 4)
+            pres = batch["present"]
+            u = jax.random.uniform(k_role, pres.shape)
+            noised = pres & (u < 0.5)
+            pick = jnp.argmax(jnp.where(pres, jax.random.uniform(k_pick, pres.shape), -1.0), axis=1)
+            noised = noised | ((~noised.any(axis=1, keepdims=True)) & jax.nn.one_hot(pick, m, dtype=bool))
+            keep = jax.random.uniform(k_drop, pres.shape) >= drop
+            context = pres & ~noised & keep
+            obs_d = self._dim_masks((noised | context).astype(jnp.float32))
+            noi_d = self._dim_masks(noised.astype(jnp.float32))
+            x0 = batch["emb"] * obs_d
+            cond = jnp.concatenate([obs_d, noi_d], axis=1)
+            model_fn = lambda x, t: net.apply(p, jnp.where(noi_d > 0, x, x0), t, cond)
+            out = losses.dsm_loss(model_fn, sde, x0, k_loss, parameterization="eps", mask=noi_d)
+            return out.loss, {}
+
+        res = trainer.fit(loss_fn, params, {"emb": emb, "present": present},
+                          config=self._train_config(self.diffusion_steps, len(emb), 2), progress=self.verbose)
+        return res.state.ema_params
+
+    # -- stage 3: gate ------------------------------------------------------------------------
+    def _gate_context(self, emb, present):
+        return jnp.concatenate([emb * self._dim_masks(present.astype(emb.dtype)), present.astype(emb.dtype)], axis=1)
+
+    def _fit_gate(self, emb, present, comps, avail, params):
+        gate = self._gate()
+
+        def loss_fn(p, batch, key):
+            v = gate.apply(p, self._gate_context(batch["emb"], batch["present"]))
+            a = batch["avail"].astype(v.dtype)
+            nll = batch["comps"] ** 2 * jnp.exp(-v) + v
+            return jnp.sum(nll * a) / jnp.maximum(jnp.sum(a), 1.0), {}
+
+        res = trainer.fit(loss_fn, params, {"emb": emb, "present": present, "comps": comps, "avail": avail},
+                          config=self._train_config(self.gate_steps, len(emb), 3), progress=self.verbose)
+        return res.state.ema_params
+
+    # -- jitted pieces --------------------------------------------------------------------------
+    def _jit(self, name):
+        cache = self.__dict__.setdefault("_jitted", {})
+        if name in cache:
+            return cache[name]
+        specs, ae = self._specs(), self._autoencoder()
+        if name == "encode":
+            def fn(p, *inputs):
+                z, rec, _ = ae.apply(p, list(inputs))
+                return jnp.concatenate(z, axis=1), self._recon_errors(specs, inputs, rec)
+        elif name == "errors":
+            net, sde, dims = self._score_net(), self._sde, np.array(self._dims())
+            ts = jnp.asarray([float(t) for t in self.ts], jnp.float32)
+            seg = np.zeros((sum(dims), len(dims)), np.float32)
+            seg[np.arange(sum(dims)), np.repeat(np.arange(len(dims)), dims)] = 1.0 / np.repeat(dims, dims)
+            seg = jnp.asarray(seg)
+            draws, seed = int(self.num_draws), int(self.seed)
+
+            def fn(p, emb, obs, noised):
+                """Per-modality denoising error [B, M] of the `noised` modalities given `obs` ones."""
+                obs_d, noi_d = self._dim_masks(obs), self._dim_masks(noised)
+                x0 = emb * obs_d
+                cond = jnp.concatenate([obs_d, noi_d], axis=1)
+                total = jnp.zeros_like(x0)
+                for i in range(len(self.ts)):
+                    for j in range(draws):
+                        eps = jax.random.normal(jax.random.fold_in(jax.random.key(seed + 11), i * 97 + j), x0.shape[1:])
+                        eps = jnp.broadcast_to(eps, x0.shape)
+                        t = jnp.full((x0.shape[0],), ts[i])
+                        a = sde.alpha(t)[:, None]
+                        s = sde.sigma(t)[:, None]
+                        xt = jnp.where(noi_d > 0, a * x0 + s * eps, x0)
+                        out = net.apply(p, xt, t, cond)
+                        total = total + (out - eps) ** 2
+                return (total / (len(self.ts) * draws) * noi_d) @ seg
+        elif name == "gate":
+            gate = self._gate()
+
+            def fn(p, emb, present):
+                return gate.apply(p, self._gate_context(emb, present))
+        else:
+            raise AssertionError(name)
+        cache[name] = jax.jit(fn)
+        return cache[name]
+
+    def _batched(self, fn, params, arrays):
+        n = len(arrays[0])
+        bs = int(min(self.score_batch_size, n))
+        outs = []
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            chunk = []
+            for a in arrays:
+                c = np.asarray(a[start:stop])
+                if stop - start < bs:
+                    c = np.concatenate([c, np.repeat(c[-1:], bs - (stop - start), axis=0)], axis=0)
+                chunk.append(c)
+            out = fn(params, *chunk)
+            outs.append(jax.tree.map(lambda o, k=stop - start: np.asarray(o)[:k], out))
+        return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *outs)
+
+    def _embed(self, values):
+        emb, rec = self._batched(self._jit("encode"), self.params_["autoencoder"], values)
+        return ((emb - self.emb_mean_) / self.emb_std_).astype(np.float32), rec.astype(np.float32)
+
+    def _raw_errors(self, emb, present):
+        """Joint [N, M], alone [N, M] and conditional [N, M] denoising errors under `present`."""
+        fn, p = self._jit("errors"), self.params_["score"]
+        m = present.shape[1]
+        pf = present.astype(np.float32)
+        joint = self._batched(fn, p, [emb, pf, pf])
+        alone = np.zeros_like(joint)
+        cond = np.zeros_like(joint)
+        for i in range(m):
+            one = np.zeros_like(pf)
+            one[:, i] = pf[:, i]
+            alone[:, i] = self._batched(fn, p, [emb, one, one])[:, i]
+            cond[:, i] = self._batched(fn, p, [emb, pf, one])[:, i]
+        return joint, alone, cond
+
+    # -- fit ------------------------------------------------------------------------------------
+    def _fit(self, data, y=None) -> None:
+        values, present = data
+        n, m = present.shape
+        self.n_features_in_ = m
+        params = self._init_params()
+        params["autoencoder"] = self._fit_encoders(values, present, params["autoencoder"])
+        self.params_ = params
+        self.__dict__.pop("_jitted", None)
+        self.emb_mean_ = np.zeros(sum(self._dims()), np.float32)
+        self.emb_std_ = np.ones(sum(self._dims()), np.float32)
+        emb, rec = self._embed(values)
+        pd = np.repeat(present, self._dims(), axis=1)
+        cnt = np.maximum(pd.sum(0), 1)
+        self.emb_mean_ = (np.where(pd, emb, 0).sum(0) / cnt).astype(np.float32)
+        var = np.where(pd, (emb - self.emb_mean_) ** 2, 0).sum(0) / cnt
+        self.emb_std_ = np.sqrt(np.where(var > 1e-8, var, 1.0)).astype(np.float32)
+        emb = ((emb - self.emb_mean_) / self.emb_std_).astype(np.float32)
+        self.params_["score"] = self._fit_diffusion(emb, present, params["score"])
+        self._fit_normalizers(emb, rec, present)
+        if self.fusion == "dynamic":
+            pres_g, comps, avail, emb_g = [], [], [], []
+            rng = np.random.default_rng(self.seed + 5)
+            for _ in range(2):  # the observed patterns and a random-dropout copy
+                pr = present.copy() if not pres_g else present & (rng.random(present.shape) >= self.drop_rate)
+                pr[~pr.any(axis=1)] = present[~pr.any(axis=1)]
+                parts = self._components(emb, rec, pr)
+                pres_g.append(pr)
+                comps.append(np.nan_to_num(parts["components"]))
+                avail.append(parts["avail"])
+                emb_g.append(emb)
+            self.params_["gate"] = self._fit_gate(np.concatenate(emb_g), np.concatenate(pres_g),
+                                                  np.concatenate(comps).astype(np.float32),
+                                                  np.concatenate(avail), self.params_["gate"])
+        self.gate_trained_ = self.fusion == "dynamic"
+        self.n_train_ = n
+
+    def _fit_normalizers(self, emb, rec, present) -> None:
+        m = present.shape[1]
+        pats = _patterns(m)
+        # unimodal (pattern-free) statistics on the samples where the modality is present
+        _, alone, _ = self._raw_errors(emb, present)
+        self.alone_stats_ = np.zeros((2, m), np.float32)
+        self.recon_stats_ = np.zeros((2, m), np.float32)
+        for i in range(m):
+            sel = present[:, i]
+            self.alone_stats_[:, i] = _loc_scale(alone[sel, i])
+            self.recon_stats_[:, i] = _loc_scale(rec[sel, i])
+        # per presence pattern: joint and cross statistics, from training samples that have all of
+        # the pattern's modalities, evaluated with only those present
+        self.joint_stats_ = np.zeros((2, len(pats), m), np.float32)
+        self.cross_stats_ = np.zeros((2, len(pats), m), np.float32)
+        self.joint_stats_[1] = 1.0
+        self.cross_stats_[1] = 1.0
+        for p in range(1, len(pats)):
+            pat = pats[p]
+            rows = np.flatnonzero((present | ~pat).all(axis=1))
+            if len(rows) == 0:
+                continue
+            pr = np.broadcast_to(pat, (len(rows), m)).copy()
+            joint, alone_p, cond = self._raw_errors(emb[rows], pr)
+            for i in np.flatnonzero(pat):
+                self.joint_stats_[:, p, i] = _loc_scale(joint[:, i])
+                if pat.sum() >= 2:
+                    self.cross_stats_[:, p, i] = _loc_scale(cond[:, i] - alone_p[:, i])
+
+    def _components(self, emb, rec, present):
+        m = present.shape[1]
+        joint, alone, cond = self._raw_errors(emb, present)
+        pid = (present.astype(np.int64) * (1 << np.arange(m))).sum(axis=1)
+        z_alone = (alone - self.alone_stats_[0]) / self.alone_stats_[1]
+        z_rec = (rec - self.recon_stats_[0]) / self.recon_stats_[1]
+        trainable = np.array([s.kind != "embedding" for s in self._specs()])
+        uni = np.where(trainable, 0.5 * (z_alone + z_rec), z_alone)
+        uni = np.where(present, uni, np.nan)
+        z_joint = (joint - self.joint_stats_[0, pid]) / self.joint_stats_[1, pid]
+        multi = present.sum(axis=1) >= 2
+        z_cross = (cond - alone - self.cross_stats_[0, pid]) / self.cross_stats_[1, pid]
+        cnt = np.maximum(present.sum(axis=1), 1)
+        cross = np.where(multi, np.where(present, z_cross, 0).sum(1) / cnt, 0.0)
+        early = np.where(present, z_joint, 0).sum(1) / cnt
+        late = np.where(present, np.nan_to_num(uni), 0).sum(1) / cnt
+        comps = np.concatenate([uni, cross[:, None]], axis=1)
+        avail = np.concatenate([present, multi[:, None]], axis=1)
+        return {"components": comps, "avail": avail, "early": early, "late": late, "cross": cross, "uni": uni}
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def _decompose(self, data) -> MultimodalScores:
+        values, present = data
+        emb, rec = self._embed(values)
+        parts = self._components(emb, rec, present)
+        avail = parts["avail"]
+        if getattr(self, "gate_trained_", False):
+            v = self._batched(self._jit("gate"), self.params_["gate"], [emb, present])
+            logits = np.where(avail, -v, -np.inf)
+        else:
+            logits = np.where(avail, 0.0, -np.inf)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        w = np.exp(logits)
+        w = w / w.sum(axis=1, keepdims=True)
+        contrib = w * np.nan_to_num(parts["components"])
+        dynamic = contrib.sum(axis=1)
+        score = {"early": parts["early"], "late": parts["late"], "dynamic": dynamic}[self.fusion]
+        return MultimodalScores(score=score, early=parts["early"], late=parts["late"], dynamic=dynamic,
+                                unimodal=parts["uni"], cross=parts["cross"], weights=w,
+                                contributions=contrib, present=present)
+
+    def decompose(self, X) -> MultimodalScores:
+        """Scores of X with their decomposition per modality and cross-modal term.
+
+        Args:
+          X: dict of arrays as in fit (see the module docstring for missing modalities).
+
+        Returns:
+          A MultimodalScores (numpy arrays).
+        """
+        self._check_fitted()
+        return self._decompose(self._prepare(X, fitting=False))
+
+    def _decision_function(self, data) -> np.ndarray:
+        return np.asarray(self._decompose(data).score, np.float64)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _export(self):
+        meta = {"n_train": int(self.n_train_), "input_shapes": self.input_shapes_, "vocab": self.vocab_,
+                "gate_trained": bool(self.gate_trained_), "dim": int(sum(self._dims()))}
+        arrays = {"params": jax.tree.map(np.asarray, self.params_),
+                  "input_stats": {k: {"mean": v[0], "std": v[1]} for k, v in self.input_stats_.items()},
+                  "emb_mean": self.emb_mean_, "emb_std": self.emb_std_,
+                  "alone_stats": self.alone_stats_, "recon_stats": self.recon_stats_,
+                  "joint_stats": self.joint_stats_, "cross_stats": self.cross_stats_}
+        return meta, arrays
+
+    def _set_meta(self, meta) -> None:
+        if not isinstance(meta.get("input_shapes"), dict) or set(meta["input_shapes"]) != set(self.modalities):
+            raise ValueError(f"saved input shapes {meta.get('input_shapes')!r} do not match modalities {self.modalities!r}")
+        self.input_shapes_ = {k: [int(s) for s in v] for k, v in meta["input_shapes"].items()}
+        self.vocab_ = {k: int(v) for k, v in meta.get("vocab", {}).items()}
+
+    def _abstract_arrays(self, meta):
+        self._check_params()
+        self._set_meta(meta)
+        m, d = len(self.modalities), sum(self._dims())
+        sds = lambda shape: jax.ShapeDtypeStruct(tuple(shape), np.float32)
+        stats = {}
+        for k, kind in self.modalities.items():
+            if kind == "text":
+                continue
+            shape = self.input_shapes_[k]
+            c = 1 if kind == "image" else int(math.prod(shape[1:])) if kind == "series" else int(shape[0])
+            stats[k] = {"mean": sds((c,)), "std": sds((c,))}
+        return {"params": jax.eval_shape(self._init_params), "input_stats": stats,
+                "emb_mean": sds((d,)), "emb_std": sds((d,)), "alone_stats": sds((2, m)),
+                "recon_stats": sds((2, m)), "joint_stats": sds((2, 2 ** m, m)),
+                "cross_stats": sds((2, 2 ** m, m))}
+
+    def _import(self, meta, arrays) -> None:
+        self._set_meta(meta)
+        self.params_ = jax.tree.map(jnp.asarray, arrays["params"])
+        self.input_stats_ = {k: (np.asarray(v["mean"], np.float32), np.asarray(v["std"], np.float32))
+                             for k, v in arrays["input_stats"].items()}
+        for name in ("emb_mean", "emb_std", "alone_stats", "recon_stats", "joint_stats", "cross_stats"):
+            setattr(self, name + "_", np.asarray(arrays[name], np.float32))
+        self.gate_trained_ = bool(meta["gate_trained"])
+        self.n_train_ = int(meta["n_train"])
+        self.n_features_in_ = len(self.modalities)
+        self.__dict__.pop("_jitted", None)
+
+
+def _loc_scale(x: np.ndarray):
+    x = np.asarray(x, np.float64)
+    if len(x) == 0:
+        return 0.0, 1.0
+    s = float(np.std(x))
+    return float(np.mean(x)), (s if s > 1e-8 else 1.0)

@@ -1,0 +1,506 @@
+"""VideoDetector: future-frame diffusion conditioned on past frames and motion (and a
+reconstruction variant), with per-frame scores and per-pixel maps.
+
+Paradigms:
+- "prediction" (default): a conditional diffusion model (`adiff.nets.UNet`, eps-parameterised,
+  VP SDE) generates frame t given conditioning channels: the K = `context_frames` previous frames
+  and, with `motion="diff"`, their K - 1 consecutive frame differences (motion features; with
+  K = 1 and motion="diff" the conditioning still holds the frame only). Scoring draws
+  `num_samples` predictions (DDIM with `solver_steps` steps from time `t0`: x_t0 = alpha(t0) *
+  previous frame + sigma(t0) * z, which is pure noise at t0 = 1) and compares the observed frame
+  with their mean. Speed, direction and acceleration anomalies change where the object is in
+  frame t given frames t-K..t-1, so a motion-conditioned predictor sees them where a per-frame
+  appearance model cannot.
+- "reconstruction": an unconditional diffusion model of short clips (the K + 1 frames t-K..t
+  stacked along channels); scoring noises the clip to time `t0`, reconstructs it with DDIM and
+  measures the error of the last frame.
+
+Per-frame pipeline: pixel error map (squared or absolute distance, mean over channels, optional
+Gaussian blur of `map_sigma` px) -> frame score (mean of the top `topk` fraction of the map, its
+max or its mean) -> optional per-clip normalisation (`normalize="minmax"` or `"zscore"`: uses the
+scored clip's own statistics, so report it separately from raw scores) -> optional temporal
+Gaussian smoothing (`smooth_sigma` frames). The first K frames of a clip have no full context:
+they receive the score (and map) of frame K (padding), so every frame gets a score.
+
+Scoring options (t0, solver_steps, eta, num_samples, distance, map_sigma, frame_score, topk,
+normalize, smooth_sigma, score_batch_size) may change after fit via set_params; fit-time
+options may not.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adiff import losses, sde as sde_lib, solvers, validation
+from adiff.detectors.base import BaseDetector
+from adiff.nets.unet import UNet
+from adiff.training import trainer
+
+__all__ = ["VideoDetector", "PARADIGMS", "MOTIONS", "FRAME_SCORES", "NORMALIZATIONS"]
+
+PARADIGMS = ("prediction", "reconstruction")
+MOTIONS = ("diff", "none")
+FRAME_SCORES = ("topk", "max", "mean")
+NORMALIZATIONS = ("none", "minmax", "zscore")
+DISTANCES = ("squared", "absolute")
+_FIT_PARAMS = ("paradigm", "context_frames", "motion", "image_size", "base_channels",
+               "channel_mults", "num_res_blocks", "attention_resolutions", "groups")
+
+
+def _norm(v):
+    if isinstance(v, (list, tuple)):
+        return tuple(_norm(e) for e in v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    return v
+
+
+def _blur2d(maps: jax.Array, sigma: float) -> jax.Array:
+    """Separable Gaussian blur of maps [B, H, W] (std `sigma` px, edge padding)."""
+    if sigma <= 0:
+        return maps
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = jnp.asarray(k / k.sum(), maps.dtype)
+    x = jnp.pad(maps, ((0, 0), (r, r), (r, r)), mode="edge")
+    n = 2 * r + 1
+    x = sum(k[i] * x[:, i:i + x.shape[1] - n + 1, :] for i in range(n))
+    x = sum(k[i] * x[:, :, i:i + x.shape[2] - n + 1] for i in range(n))
+    return x
+
+
+def _smooth1d(s: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0 or len(s) < 2:
+        return s
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    return np.convolve(np.pad(s, r, mode="edge"), k, mode="valid")
+
+
+class VideoDetector(BaseDetector):
+    """Diffusion video anomaly detector: one score per frame, per-pixel maps.
+
+    Input: a clip [T, H, W, C] (or [T, H, W]) of uint8 frames or floats in [0, 1], or a list
+    of clips (same H, W, C). `fit(list_of_clips)`; `decision_function(clip) -> [T]` (a list of
+    clips gives a list of arrays); `anomaly_map(clip) -> [T, H, W]`.
+
+    Args:
+      contamination: expected anomaly fraction in (0, 0.5]; sets `threshold_` on training frames.
+      seed: random seed (initialisation, batches, sampling noise).
+      paradigm: "prediction" (conditional future-frame diffusion) or "reconstruction".
+      context_frames: K, the previous frames that condition the prediction (clip length K + 1
+        for reconstruction).
+      motion: "diff" (frame differences of the context as extra conditioning channels) or "none".
+      image_size: working resolution: None (the training frames' size), an int (square) or
+        (height, width); both divisible by 2 ** (len(channel_mults) - 1).
+      base_channels, channel_mults, num_res_blocks, attention_resolutions, groups: the UNet.
+      train_steps, batch_size, learning_rate, ema_decay: training.
+      t0: sampling start time in (0, 1] (1.0 = from pure noise).
+      solver_steps: DDIM steps.
+      eta: DDIM stochasticity (0 = deterministic).
+      num_samples: predictions (or reconstructions) per frame, averaged before the error.
+      distance: "squared" or "absolute" per-pixel distance.
+      map_sigma: Gaussian blur std (px, working resolution) of the error maps; 0 = off.
+      frame_score: "topk", "max" or "mean" of the map.
+      topk: fraction of pixels averaged by frame_score="topk".
+      normalize: "none" (raw, the headline), "minmax" or "zscore" per clip.
+      smooth_sigma: temporal Gaussian smoothing std in frames (0 = off).
+      score_batch_size: frames per scoring call (fixed, padded).
+      verbose: print training progress.
+    """
+
+    def __init__(self, *, contamination: float = 0.1, seed: int = 0,
+                 paradigm: str = "prediction", context_frames: int = 2, motion: str = "diff",
+                 image_size=None, base_channels: int = 32, channel_mults: Sequence[int] = (1, 2, 2),
+                 num_res_blocks: int = 1, attention_resolutions: Sequence[int] = (),
+                 groups: int = 8, train_steps: int = 1000, batch_size: int = 32,
+                 learning_rate: float = 1e-3, ema_decay: float = 0.995, t0: float = 1.0,
+                 solver_steps: int = 5, eta: float = 0.0, num_samples: int = 2,
+                 distance: str = "squared", map_sigma: float = 1.0, frame_score: str = "topk",
+                 topk: float = 0.02, normalize: str = "none", smooth_sigma: float = 0.0,
+                 score_batch_size: int = 64, verbose: bool = False):
+        self.contamination = contamination
+        self.seed = seed
+        self.paradigm = paradigm
+        self.context_frames = context_frames
+        self.motion = motion
+        self.image_size = tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
+        self.base_channels = base_channels
+        self.channel_mults = tuple(channel_mults)
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = tuple(attention_resolutions)
+        self.groups = groups
+        self.train_steps = train_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.ema_decay = ema_decay
+        self.t0 = t0
+        self.solver_steps = solver_steps
+        self.eta = eta
+        self.num_samples = num_samples
+        self.distance = distance
+        self.map_sigma = map_sigma
+        self.frame_score = frame_score
+        self.topk = topk
+        self.normalize = normalize
+        self.smooth_sigma = smooth_sigma
+        self.score_batch_size = score_batch_size
+        self.verbose = verbose
+
+    # -- validation ----------------------------------------------------------------------------
+    def _check_fit_params(self) -> None:
+        validation.check_choice(self.paradigm, PARADIGMS, name="paradigm")
+        validation.check_choice(self.motion, MOTIONS, name="motion")
+        for name in ("context_frames", "base_channels", "num_res_blocks", "groups",
+                     "train_steps", "batch_size"):
+            validation.check_positive_int(getattr(self, name), name=name)
+        if not self.channel_mults:
+            raise ValueError("channel_mults must be a non-empty sequence of positive ints, got ()")
+        for m in self.channel_mults:
+            validation.check_positive_int(m, name="channel_mults")
+        if self.image_size is not None:
+            hw = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
+            if len(hw) != 2:
+                raise ValueError(f"image_size must be an int or (height, width), got {self.image_size!r}")
+            for v in hw:
+                validation.check_positive_int(v, name="image_size")
+        if not float(self.learning_rate) > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        validation.check_fraction(self.ema_decay, name="ema_decay", low=0.0, high=1.0, inclusive_low=True)
+
+    def _check_score_params(self) -> None:
+        validation.check_choice(self.distance, DISTANCES, name="distance")
+        validation.check_choice(self.frame_score, FRAME_SCORES, name="frame_score")
+        validation.check_choice(self.normalize, NORMALIZATIONS, name="normalize")
+        for name in ("solver_steps", "num_samples", "score_batch_size"):
+            validation.check_positive_int(getattr(self, name), name=name)
+        if not 0.0 < float(self.t0) <= 1.0:
+            raise ValueError(f"t0 must lie in (0, 1], got {self.t0!r}")
+        for name in ("eta", "map_sigma", "smooth_sigma"):
+            if not float(getattr(self, name)) >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        validation.check_fraction(self.topk, name="topk", low=0.0, high=1.0)
+
+    def _work_hw(self, hw) -> Tuple[int, int]:
+        if self.image_size is None:
+            return int(hw[0]), int(hw[1])
+        if isinstance(self.image_size, tuple):
+            return int(self.image_size[0]), int(self.image_size[1])
+        return int(self.image_size), int(self.image_size)
+
+    def _as_clip(self, clip, name: str) -> np.ndarray:
+        if clip is None:
+            raise TypeError(f"{name} must be an array [T, H, W, C], got None")
+        arr = np.asarray(clip)
+        if arr.dtype == object or arr.dtype.kind not in "buif":
+            raise TypeError(f"{name} must hold uint8 or floating values in [0, 1], got dtype {arr.dtype}")
+        if arr.dtype == np.bool_:
+            raise TypeError(f"{name} must hold uint8 or floating values in [0, 1], got dtype bool")
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        if arr.ndim != 4:
+            raise ValueError(f"{name} must have shape [T, H, W, C] (or [T, H, W]), got shape {arr.shape}")
+        if min(arr.shape) < 1:
+            raise ValueError(f"{name} must hold at least one non-empty frame, got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            return arr.astype(np.float32) / 255.0
+        if arr.dtype.kind in "iu":
+            raise TypeError(f"integer {name} must be uint8 (0..255), got dtype {arr.dtype}")
+        x = arr.astype(np.float32)
+        bad = int(np.sum(~np.isfinite(x)))
+        if bad:
+            raise ValueError(f"{name} must be finite; found {bad} NaN/inf values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-6 or hi > 1.0 + 1e-6:
+            raise ValueError(f"float {name} must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]")
+        return np.clip(x, 0.0, 1.0)
+
+    def _prepare(self, X, *, fitting: bool):
+        """Returns (list of clips [T, h, w, C] in [-1, 1] at the working size, input (H, W) list)."""
+        if fitting:
+            self._check_fit_params()
+        else:
+            changed = [k for k in _FIT_PARAMS if _norm(getattr(self, k)) != _norm(self.fit_params_[k])]
+            if changed:
+                raise ValueError(f"parameters {changed} were changed after fit; they define the "
+                                 "trained model (refit instead)")
+        self._check_score_params()
+        if isinstance(X, (list, tuple)):
+            if len(X) == 0:
+                raise ValueError("X must hold at least one clip, got an empty list")
+            clips = [self._as_clip(c, f"X[{i}]") for i, c in enumerate(X)]
+        else:
+            clips = [self._as_clip(X, "X")]
+        shapes = {c.shape[1:] for c in clips}
+        if fitting:
+            if len(shapes) != 1:
+                raise ValueError(f"training clips must share [H, W, C]; got {sorted(shapes)}")
+            shape = clips[0].shape[1:]
+            self.input_shape_ = tuple(int(v) for v in shape)
+            self.n_channels_ = int(shape[-1])
+            hw = self._work_hw(shape[:2])
+            f = 2 ** (len(self.channel_mults) - 1)
+            if hw[0] % f or hw[1] % f:
+                raise ValueError(f"the working size {hw} must be divisible by 2**(len(channel_mults)-1)"
+                                 f" = {f}; pass image_size=")
+            self.work_hw_ = hw
+        for i, c in enumerate(clips):
+            if c.shape[-1] != self.n_channels_:
+                raise ValueError(f"clip {i} has {c.shape[-1]} channels, but the detector was fitted "
+                                 f"on {self.n_channels_} channels")
+        return [np.asarray(self._resize(2.0 * c - 1.0)) for c in clips]
+
+    def _resize(self, x: np.ndarray) -> np.ndarray:
+        hw = tuple(self.work_hw_)
+        if tuple(x.shape[1:3]) == hw:
+            return x
+        out = jax.image.resize(jnp.asarray(x), (x.shape[0],) + hw + (x.shape[-1],), "bilinear")
+        return np.asarray(out)
+
+    # -- model pieces --------------------------------------------------------------------------
+    @property
+    def _sde(self) -> sde_lib.VPSDE:
+        return sde_lib.VPSDE()
+
+    def _unet(self) -> UNet:
+        return UNet(base_channels=self.base_channels, channel_mults=tuple(self.channel_mults),
+                    num_res_blocks=self.num_res_blocks,
+                    attention_resolutions=tuple(self.attention_resolutions), groups=self.groups)
+
+    def _shapes(self) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]]]:
+        """(x shape, cond shape or None) of one example."""
+        h, w = self.work_hw_
+        c, k = self.n_channels_, int(self.context_frames)
+        if self.paradigm == "reconstruction":
+            return (h, w, (k + 1) * c), None
+        n_cond = k * c + (max(k - 1, 0) * c if self.motion == "diff" else 0)
+        return (h, w, c), (h, w, n_cond)
+
+    def _windows(self, clip: np.ndarray) -> np.ndarray:
+        """[T, K + 1, h, w, C] windows ending at every frame (the start padded by frame 0)."""
+        k = int(self.context_frames)
+        padded = np.concatenate([np.repeat(clip[:1], k, axis=0), clip], axis=0)
+        idx = np.arange(len(clip))[:, None] + np.arange(k + 1)[None, :]
+        return padded[idx]
+
+    def _split(self, win: jax.Array):
+        """windows [B, K + 1, h, w, C] -> (x0 [B, h, w, Cx], cond or None)."""
+        b, k1, h, w, c = win.shape
+        if self.paradigm == "reconstruction":
+            return jnp.moveaxis(win, 1, 3).reshape(b, h, w, k1 * c), None
+        ctx = win[:, :-1]
+        parts = [jnp.moveaxis(ctx, 1, 3).reshape(b, h, w, (k1 - 1) * c)]
+        if self.motion == "diff" and k1 > 2:
+            d = ctx[:, 1:] - ctx[:, :-1]
+            parts.append(jnp.moveaxis(d, 1, 3).reshape(b, h, w, (k1 - 2) * c))
+        return win[:, -1], jnp.concatenate(parts, axis=-1)
+
+    def _train_config(self, n: int) -> trainer.TrainConfig:
+        steps = int(self.train_steps)
+        return trainer.TrainConfig(
+            num_steps=steps, batch_size=int(min(self.batch_size, n)),
+            learning_rate=float(self.learning_rate), warmup_steps=min(100, steps // 10),
+            schedule="cosine", grad_clip_norm=1.0, ema_decay=float(self.ema_decay),
+            log_every=max(1, steps // 5), checkpoint_every=steps, seed=self.seed)
+
+    # -- fit -----------------------------------------------------------------------------------
+    def _fit(self, X, y=None) -> None:
+        self.fit_params_ = {k: _norm(getattr(self, k)) for k in _FIT_PARAMS}
+        k = int(self.context_frames)
+        # Training windows start at frame K (full real context); short clips contribute none.
+        wins = [self._windows(c)[k:] for c in X]
+        wins = [w for w in wins if len(w)]
+        if not wins:
+            raise ValueError(f"training clips must have more than context_frames={k} frames; got "
+                             f"lengths {[len(c) for c in X]}")
+        data = np.concatenate(wins).astype(np.float32)
+        net, sde = self._unet(), self._sde
+        xs, cs = self._shapes()
+        params = jax.jit(net.init)(jax.random.key(self.seed, impl="rbg"), jnp.zeros((1,) + xs),
+                                   jnp.zeros((1,)), None if cs is None else jnp.zeros((1,) + cs))
+        split = self._split
+
+        def loss_fn(p, batch, key):
+            x0, cond = split(batch)
+            model_fn = lambda v, t: net.apply(p, v, t, cond)
+            return losses.dsm_loss(model_fn, sde, x0, key, parameterization="eps").loss, {}
+
+        res = trainer.fit(loss_fn, params, data, config=self._train_config(len(data)),
+                          progress=self.verbose)
+        self.params_ = res.state.ema_params
+        self.n_train_ = int(sum(len(c) for c in X))
+        self._cache = {}
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _score_key(self) -> tuple:
+        return (float(self.t0), int(self.solver_steps), float(self.eta), int(self.num_samples),
+                self.distance, float(self.map_sigma), self.frame_score, float(self.topk),
+                int(self.score_batch_size))
+
+    def _build(self):
+        net, sde = self._unet(), self._sde
+        t0, steps, eta = float(self.t0), int(self.solver_steps), float(self.eta)
+        n_samples, dist = int(self.num_samples), self.distance
+        sigma_blur, fscore, topk = float(self.map_sigma), self.frame_score, float(self.topk)
+        c = self.n_channels_
+        recon = self.paradigm == "reconstruction"
+        split = self._split
+
+        def fn(params, win, key):
+            x0, cond = split(win)
+            start = x0 if recon else win[:, -2]  # SDEdit start: the clip, or the previous frame
+
+            def score_fn(v, t):
+                eps = net.apply(params, v, t, cond)
+                return -eps / sde.sigma(t)[:, None, None, None]
+
+            preds = []
+            for r in range(n_samples):
+                k_n, k_s = jax.random.split(jax.random.fold_in(key, r))
+                z = jax.random.normal(k_n, x0.shape, x0.dtype)
+                u = sde.alpha(t0) * start + sde.sigma(t0) * z
+                out = solvers.ddim(score_fn, sde, u, k_s, t_start=t0, num_steps=steps, eta=eta)
+                preds.append(out.x)
+            pred = jnp.mean(jnp.stack(preds), axis=0)
+            target = x0[..., -c:]
+            pred = pred[..., -c:]
+            d = (target - pred) ** 2 if dist == "squared" else jnp.abs(target - pred)
+            maps = _blur2d(jnp.mean(d, axis=-1), sigma_blur)
+            flat = maps.reshape(maps.shape[0], -1)
+            if fscore == "max":
+                s = jnp.max(flat, axis=-1)
+            elif fscore == "mean":
+                s = jnp.mean(flat, axis=-1)
+            else:
+                kk = max(1, int(round(topk * flat.shape[-1])))
+                s = jnp.mean(jax.lax.top_k(flat, kk)[0], axis=-1)
+            return s, maps, jnp.clip((pred + 1.0) / 2.0, 0.0, 1.0)
+
+        return jax.jit(fn)
+
+    def _raw_clip(self, clip: np.ndarray, clip_index: int):
+        """Raw frame scores [T], maps [T, h, w] and predictions [T, h, w, C] of one prepared clip."""
+        key_c = self._score_key()
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            cache = self._cache = {}
+        if key_c not in cache:
+            cache[key_c] = self._build()
+        fn = cache[key_c]
+        k = int(self.context_frames)
+        wins = self._windows(clip)
+        # Frames < K have no full context: they are scored as frame K (or the last frame).
+        first = min(k, len(clip) - 1)
+        idx = np.concatenate([np.full(first, first), np.arange(first, len(clip))]).astype(int)
+        uniq = np.arange(first, len(clip))
+        bs = int(self.score_batch_size)
+        key = jax.random.fold_in(jax.random.key(self.seed + 7), clip_index)
+        s_out, m_out, p_out = [], [], []
+        for i, b0 in enumerate(range(0, len(uniq), bs)):
+            sel = uniq[b0:b0 + bs]
+            wb = wins[sel]
+            m = len(wb)
+            if m < bs:
+                wb = np.concatenate([wb, np.repeat(wb[-1:], bs - m, axis=0)])
+            s, mp, pr = fn(self.params_, jnp.asarray(wb), jax.random.fold_in(key, i))
+            s_out.append(np.asarray(s)[:m])
+            m_out.append(np.asarray(mp)[:m])
+            p_out.append(np.asarray(pr)[:m])
+        pos = idx - first
+        return (np.concatenate(s_out)[pos].astype(np.float64), np.concatenate(m_out)[pos],
+                np.concatenate(p_out)[pos])
+
+    def _post(self, s: np.ndarray) -> np.ndarray:
+        if self.normalize == "minmax":
+            span = s.max() - s.min()
+            s = (s - s.min()) / (span if span > 0 else 1.0)
+        elif self.normalize == "zscore":
+            sd = s.std()
+            s = (s - s.mean()) / (sd if sd > 0 else 1.0)
+        return _smooth1d(s, float(self.smooth_sigma))
+
+    def _scores_list(self, clips: List[np.ndarray]) -> List[np.ndarray]:
+        return [self._post(self._raw_clip(c, i)[0]) for i, c in enumerate(clips)]
+
+    def _decision_function(self, X) -> np.ndarray:
+        return np.concatenate(self._scores_list(X))
+
+    def decision_function(self, X):
+        """Per-frame anomaly scores (higher = more anomalous).
+
+        Args:
+          X: a clip [T, H, W, C] / [T, H, W] (uint8 or floats in [0, 1]) or a list of clips.
+
+        Returns:
+          [T] float64 scores for a clip; a list of such arrays for a list of clips.
+        """
+        self._check_fitted()
+        out = self._scores_list(self._prepare(X, fitting=False))
+        return out if isinstance(X, (list, tuple)) else out[0]
+
+    def predict(self, X, return_confidence: bool = False):
+        """0/1 frame labels by `threshold_` (a list of arrays for a list of clips)."""
+        if isinstance(X, (list, tuple)):
+            if return_confidence:
+                raise ValueError("return_confidence=True needs a single clip, got a list of clips")
+            return [(s > self.threshold_).astype(int) for s in self.decision_function(X)]
+        return super().predict(X, return_confidence=return_confidence)
+
+    def predict_proba(self, X, method: str = "linear", return_confidence: bool = False):
+        if isinstance(X, (list, tuple)):
+            raise ValueError("predict_proba takes a single clip [T, H, W, C], got a list of clips")
+        return super().predict_proba(X, method=method, return_confidence=return_confidence)
+
+    def analyze(self, clip) -> dict:
+        """Raw scores [T], maps [T, H, W] and predicted frames [T, H, W, C] in [0, 1] of one clip
+        (at the input resolution; no normalisation or smoothing)."""
+        self._check_fitted()
+        if isinstance(clip, (list, tuple)):
+            raise ValueError("analyze takes a single clip [T, H, W, C], got a list of clips")
+        arr = np.asarray(clip)
+        prepared = self._prepare(arr, fitting=False)[0]
+        s, maps, preds = self._raw_clip(prepared, 0)
+        hw = tuple(arr.shape[1:3])
+        if tuple(maps.shape[1:]) != hw:
+            maps = np.asarray(jax.image.resize(jnp.asarray(maps), (len(maps),) + hw, "bilinear"))
+            preds = np.asarray(jax.image.resize(jnp.asarray(preds), (len(preds),) + hw + preds.shape[-1:],
+                                                "bilinear"))
+        return {"scores": s, "maps": maps, "predictions": preds}
+
+    def anomaly_map(self, X):
+        """Per-pixel anomaly maps [T, H, W] at the input resolution (a list for a list of clips)."""
+        if isinstance(X, (list, tuple)):
+            return [self.analyze(c)["maps"] for c in X]
+        return self.analyze(X)["maps"]
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _export(self):
+        meta = {"n_train": self.n_train_, "input_shape": list(self.input_shape_),
+                "n_channels": self.n_channels_, "work_hw": list(self.work_hw_),
+                "fit_params": self.fit_params_}
+        return meta, jax.tree.map(np.asarray, self.params_)
+
+    def _abstract_arrays(self, meta):
+        self._check_fit_params()
+        self.n_channels_ = int(meta["n_channels"])
+        self.work_hw_ = tuple(int(v) for v in meta["work_hw"])
+        net = self._unet()
+        xs, cs = self._shapes()
+        return jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1,) + xs), jnp.zeros((1,)),
+                                               None if cs is None else jnp.zeros((1,) + cs)))
+
+    def _import(self, meta, arrays):
+        self.n_train_ = int(meta["n_train"])
+        self.input_shape_ = tuple(int(v) for v in meta["input_shape"])
+        self.n_channels_ = int(meta["n_channels"])
+        self.work_hw_ = tuple(int(v) for v in meta["work_hw"])
+        self.fit_params_ = {k: _norm(v) for k, v in meta["fit_params"].items()}
+        self.params_ = jax.tree.map(jnp.asarray, arrays)
+        self._cache = {}

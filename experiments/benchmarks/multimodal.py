@@ -1,0 +1,178 @@
+r"""Multimodal benchmark: early / late / dynamic fusion vs unimodal scores and KNN baselines.
+
+Writes docs/results/multimodal.md (+ .json). Run from the repository root:
+
+  flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.multimodal \
+      --configs=multimodal_mnist,multimodal_skab
+
+`--quick` uses the tiny sizes of experiments/configs/multimodal_tiny.py (a smoke test, not a result).
+
+For each benchmark one MultimodalDetector(fusion="dynamic") is fitted; its `decompose` gives the
+early, late and dynamic scores, the per-modality (unimodal) scores and the cross-modal term from the
+same fitted networks. Baselines in the same script: KNN (mean distance to the 5 nearest training
+samples, standardised features; images reduced by PCA to 32 components, captions one-hot per
+position) on each modality alone and on the concatenation. AUROC per anomaly kind is computed on
+the normal test samples plus the samples of that kind. Missing-modality robustness: `missing_key`
+is removed from a random 30% of the test samples (seed + 1) and every adiff score is recomputed.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+import time
+
+import numpy as np
+from absl import app, flags
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+
+from adiff import metrics
+from adiff.data import multimodal as mmdata
+from adiff.detectors.multimodal import MultimodalDetector
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", ["multimodal_mnist", "multimodal_skab"], "experiments.configs modules to run.")
+flags.DEFINE_string("data_root", str(REPO.parent / "shared" / "data"), "Root of the shared benchmark data.")
+flags.DEFINE_string("out", str(REPO / "docs" / "results" / "multimodal.md"), "Markdown output.")
+flags.DEFINE_boolean("quick", False, "Tiny sizes (smoke test of the script, not a result).")
+flags.DEFINE_integer("seed", 0, "Seed (split, anomalies, networks).")
+
+
+def _load(cfg, root: pathlib.Path, seed: int):
+    if cfg.benchmark == "mnist_captions":
+        return mmdata.load_mnist_captions(root / "image" / "mnist", seed=seed, **cfg.data.to_dict())
+    if cfg.benchmark == "skab_groups":
+        return mmdata.load_skab_groups(root / "timeseries" / "skab", **cfg.data.to_dict())
+    raise ValueError(f"unknown benchmark {cfg.benchmark!r}")
+
+
+def _features(split, modalities, seed):
+    """Per-modality flat features for the KNN baselines (fitted on training data)."""
+    out = {}
+    for k, kind in modalities.items():
+        tr, te = split.train[k], split.test[k]
+        if kind == "text":
+            v = int(max(tr.max(), te.max())) + 1
+            tr, te = np.eye(v)[tr].reshape(len(tr), -1), np.eye(v)[te].reshape(len(te), -1)
+        else:
+            tr, te = tr.reshape(len(tr), -1), te.reshape(len(te), -1)
+            if kind == "image":
+                pca = PCA(32, random_state=seed).fit(tr)
+                tr, te = pca.transform(tr), pca.transform(te)
+        sc = StandardScaler().fit(tr)
+        out[k] = (sc.transform(tr), sc.transform(te))
+    return out
+
+
+def _knn(tr, te, k=5):
+    nn = NearestNeighbors(n_neighbors=k).fit(tr)
+    return nn.kneighbors(te)[0].mean(axis=1)
+
+
+def _auroc_by_kind(y, kinds, scores):
+    res = {}
+    for kind in sorted(set(kinds) - {"normal"}):
+        sel = (kinds == "normal") | (kinds == kind)
+        res[kind] = metrics.auroc(y[sel], np.nan_to_num(np.asarray(scores)[sel], nan=-np.inf))
+    return res
+
+
+def _drop(test, key, kind, frac, seed):
+    rng = np.random.default_rng(seed + 1)
+    n = len(next(iter(test.values())))
+    idx = rng.choice(n, int(round(frac * n)), replace=False)
+    out = {k: v.copy() for k, v in test.items()}
+    if kind == "text":
+        out[key][idx] = -1
+    else:
+        out[key] = out[key].astype(np.float32)
+        out[key][idx] = np.nan
+    return out
+
+
+def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
+    cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
+    if quick:
+        tiny = importlib.import_module("experiments.configs.multimodal_tiny").get_config()
+        cfg.detector = tiny.detector
+        if cfg.benchmark == "mnist_captions":
+            cfg.data = tiny.data
+        else:
+            cfg.data.train_stride, cfg.data.test_stride = 16, 64
+    split = _load(cfg, root, seed)
+    modalities = dict(cfg.modalities)
+    t0 = time.time()
+    det = MultimodalDetector(modalities=modalities, fusion="dynamic", seed=seed, **cfg.detector.to_dict())
+    det.fit(split.train)
+    fit_s = time.time() - t0
+    t0 = time.time()
+    d = det.decompose(split.test)
+    score_s = time.time() - t0
+    y, kinds = split.labels, split.kinds
+    rows = {"adiff early": d.early, "adiff late": d.late, "adiff dynamic": d.dynamic,
+            "adiff cross term": d.cross}
+    for i, k in enumerate(modalities):
+        rows[f"adiff unimodal {k}"] = d.unimodal[:, i]
+    feats = _features(split, modalities, seed)
+    for k, (tr, te) in feats.items():
+        rows[f"KNN {k}"] = _knn(tr, te)
+    rows["KNN concat"] = _knn(np.concatenate([f[0] for f in feats.values()], 1),
+                              np.concatenate([f[1] for f in feats.values()], 1))
+    table = {r: _auroc_by_kind(y, kinds, s) for r, s in rows.items()}
+    miss_test = _drop(split.test, cfg.missing_key, modalities[cfg.missing_key], cfg.missing_fraction, seed)
+    dm = det.decompose(miss_test)
+    missing = {}
+    for r, s in (("adiff early", dm.early), ("adiff late", dm.late), ("adiff dynamic", dm.dynamic)):
+        missing[r] = _auroc_by_kind(y, kinds, s)
+    mean_w = {f"w_{k}": float(np.mean(d.weights[:, i])) for i, k in enumerate(modalities)}
+    mean_w["w_cross"] = float(np.mean(d.weights[:, -1]))
+    return {"name": name, "config": cfg.to_dict(), "n_train": int(len(next(iter(split.train.values())))),
+            "n_test": int(len(y)), "counts": {str(k): int((kinds == k).sum()) for k in sorted(set(kinds))},
+            "fit_s": fit_s, "score_s": score_s, "auroc": table, "missing": missing, "mean_weights": mean_w}
+
+
+def _markdown(results, argv_line, quick):
+    lines = ["# Multimodal anomaly detection: early, late and dynamic fusion", "",
+             f"Command: `{argv_line}`" + (" (QUICK smoke sizes: not a result)" if quick else ""), "",
+             "Data: ../shared/data/image/mnist (t10k split) and ../shared/data/timeseries/skab; "
+             "constructions in adiff/data/multimodal.py (module docstring). Seed: "
+             f"{results[0]['config']['seed'] if results else 0}; one seed.", ""]
+    for res in results:
+        kinds = sorted(next(iter(res["auroc"].values())))
+        lines += [f"## {res['name']}", "",
+                  f"train {res['n_train']}, test {res['n_test']} ({res['counts']}); fit {res['fit_s']:.0f} s, "
+                  f"score {res['score_s']:.1f} s (CPU). Mean dynamic weights: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in res["mean_weights"].items()), "",
+                  "| AUROC | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for r, v in res["auroc"].items():
+            lines.append(f"| {r} | " + " | ".join(f"{v[k]:.3f}" for k in kinds) + " |")
+        key = res["config"]["missing_key"]
+        lines += ["", f"With `{key}` missing for {res['config']['missing_fraction']:.0%} of the test samples "
+                  "(AUROC, and the drop from the complete test set):", "",
+                  "| AUROC (missing) | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for r, v in res["missing"].items():
+            full = res["auroc"][r]
+            lines.append(f"| {r} | " + " | ".join(f"{v[k]:.3f} ({v[k] - full[k]:+.3f})" for k in kinds) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    import sys
+    root = pathlib.Path(FLAGS.data_root)
+    results = [run_one(name, root, FLAGS.seed, FLAGS.quick) for name in FLAGS.configs]
+    out = pathlib.Path(FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv_line = "python -m experiments.benchmarks.multimodal " + " ".join(sys.argv[1:])
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    out.write_text(_markdown(results, argv_line, FLAGS.quick))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,17 @@
+"""Multimodal benchmark 2: SKAB windows, vibration vs process sensor groups."""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.benchmark = "skab_groups"
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(length=32, train_stride=4, test_stride=8))
+    c.modalities = {"vibration": "series", "process": "series"}
+    c.missing_key = "vibration"
+    c.missing_fraction = 0.3
+    c.detector = ml_collections.ConfigDict(dict(
+        embed_dim=16, proj_dim=32, hidden=128, num_blocks=2, encoder_steps=1500,
+        diffusion_steps=3000, gate_steps=500, batch_size=256, learning_rate=1e-3, drop_rate=0.3,
+        num_draws=4, score_batch_size=1024))
+    return c

@@ -1,0 +1,39 @@
+"""VideoDetector on the UCSD Ped2 subset (4 training, 4 test clips; frame labels from ped2.mat).
+
+Frames grayscale, resized to `size` = (height, width), keeping Ped2's 2:3 aspect. Sized for a
+2-core CPU (the whole benchmark under 15 minutes): 32 x 48 px, a 16-channel UNet, 700 steps of batch 16,
+K = 2 context frames + 1 frame difference, 4 DDIM steps, 2 samples. `detector` holds
+VideoDetector keyword arguments (fixed before the run, not tuned on test labels).
+"""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.kind = "video"
+    c.dataset = "ucsd_ped2"
+    c.data_dir = "../shared/data/video/ucsd_ped2"
+    c.size = (32, 48)
+    c.seed = 0
+    c.detector = ml_collections.ConfigDict(dict(
+        contamination=0.1,
+        paradigm="prediction",
+        context_frames=2,
+        motion="diff",
+        base_channels=16,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        groups=8,
+        train_steps=700,
+        batch_size=16,
+        learning_rate=2e-3,
+        ema_decay=0.99,
+        t0=1.0,
+        solver_steps=4,
+        num_samples=2,
+        map_sigma=1.0,
+        frame_score="topk",
+        topk=0.01,
+        score_batch_size=64,
+    ))
+    return c

@@ -1,0 +1,39 @@
+"""VideoDetector on the procedural motion set (adiff.data.video.procedural_benchmark).
+
+32 x 32 grayscale clips of 32 frames: 16 normal training clips; test = 6 normal clips + 6 clips
+per anomaly type (speed, direction, acceleration, appearance). Sized for a 2-core CPU.
+"""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.kind = "video"
+    c.dataset = "procedural"
+    c.size = 32
+    c.num_frames = 32
+    c.num_train = 16
+    c.num_test = 6
+    c.seed = 0
+    c.detector = ml_collections.ConfigDict(dict(
+        contamination=0.1,
+        paradigm="prediction",
+        context_frames=2,
+        motion="diff",
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        groups=8,
+        train_steps=500,
+        batch_size=16,
+        learning_rate=2e-3,
+        ema_decay=0.99,
+        t0=1.0,
+        solver_steps=4,
+        num_samples=2,
+        map_sigma=0.0,
+        frame_score="topk",
+        topk=0.02,
+        score_batch_size=64,
+    ))
+    return c

@@ -1,0 +1,215 @@
+"""Tests of adiff.detectors.multimodal and adiff.nets.fusion (budget: <= 60 s on one core).
+
+One tiny detector (table + caption tokens, fusion="dynamic") is fitted once per module on a
+synthetic set where the class of a sample fixes both the table's mean and the caption's first
+token; the test anomalies pair a table of one class with the caption of another, so each modality
+is normal on its own and only the cross-modal relation is broken.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adiff import metrics
+from adiff.detectors import base
+from adiff.detectors.multimodal import MultimodalDetector, MultimodalScores
+from adiff.nets.fusion import ModalitySpec, MultimodalAutoencoder
+
+K = 4  # classes
+VOCAB = K + 3
+
+
+def _make(rng, n, *, mismatch=False):
+    c = rng.integers(0, K, n)
+    vec = (np.eye(K)[c] * 3.0 + 0.5 * rng.standard_normal((n, K))).astype(np.float32)
+    c2 = (c + rng.integers(1, K, n)) % K if mismatch else c
+    cap = np.stack([c2 + 1, rng.integers(K + 1, K + 3, n), np.zeros(n, int)], 1)
+    return {"vec": vec, "cap": cap}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    train = _make(rng, 400)
+    normal, anomal = _make(rng, 150), _make(rng, 150, mismatch=True)
+    test = {k: np.concatenate([normal[k], anomal[k]]) for k in train}
+    y = np.r_[np.zeros(150), np.ones(150)]
+    det = MultimodalDetector(modalities={"vec": "table", "cap": "text"}, fusion="dynamic",
+                             encoder_steps=150, diffusion_steps=300, gate_steps=40, hidden=64,
+                             batch_size=128, embed_dim=8, num_draws=2, vocab_size=VOCAB,
+                             score_batch_size=512, seed=0)
+    det.fit(train)
+    return det, train, test, y
+
+
+def test_contract(setup):
+    det, train, test, _ = setup
+    s = det.decision_function(test)
+    assert s.shape == (300,) and s.dtype == np.float64 and np.isfinite(s).all()
+    assert det.decision_scores_.shape == (400,)
+    assert 0 < det.labels_.mean() < 0.3  # contamination 0.1 of the training scores
+    pred = det.predict(test)
+    assert set(np.unique(pred)) <= {0, 1}
+    np.testing.assert_array_equal(pred, (s > det.threshold_).astype(int))
+    assert det.predict_proba(test).shape == (300, 2)
+    # deterministic: scoring twice gives the same numbers, and scoring does not depend on batching
+    np.testing.assert_allclose(det.decision_function(test), s, rtol=1e-6, atol=1e-6)
+    part = det.decision_function({k: v[:7] for k, v in test.items()})
+    np.testing.assert_allclose(part, s[:7], rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_selects_score(setup):
+    det, _, test, _ = setup
+    d = det.decompose(test)
+    assert isinstance(d, MultimodalScores)
+    np.testing.assert_allclose(d.score, d.dynamic)
+    np.testing.assert_allclose(d.contributions.sum(1), d.dynamic, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d.weights.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(d.late, np.nanmean(d.unimodal, axis=1), rtol=1e-5, atol=1e-5)
+    for fusion in ("early", "late"):
+        det.set_params(fusion=fusion)
+        try:
+            np.testing.assert_allclose(det.decision_function(test), getattr(d, fusion), rtol=1e-5, atol=1e-5)
+        finally:
+            det.set_params(fusion="dynamic")
+
+
+def test_cross_modal_mismatch_caught_by_joint_not_unimodal(setup):
+    det, _, test, y = setup
+    d = det.decompose(test)
+    assert metrics.auroc(y, d.early) >= 0.8  # tiny training budget; the cross term is sharper
+    assert metrics.auroc(y, d.dynamic) >= 0.9
+    assert metrics.auroc(y, d.cross) >= 0.9
+    for i in range(2):
+        assert 0.3 <= metrics.auroc(y, d.unimodal[:, i]) <= 0.7
+    assert 0.3 <= metrics.auroc(y, d.late) <= 0.7
+
+
+def test_missing_modality_scored(setup):
+    det, _, test, y = setup
+    t = {k: v.copy() for k, v in test.items()}
+    t["cap"][::3] = -1            # caption missing for every third sample
+    t["vec"][1::3] = np.nan       # table missing for others
+    d = det.decompose(t)
+    assert np.isfinite(d.score).all() and np.isfinite(d.early).all() and np.isfinite(d.late).all()
+    assert not d.present[::3, 1].any() and not d.present[1::3, 0].any() and d.present[2::3].all()
+    assert np.isnan(d.unimodal[::3, 1]).all() and np.isfinite(d.unimodal[::3, 0]).all()
+    np.testing.assert_array_equal(d.weights[::3, 1], 0.0)   # a missing modality weighs nothing
+    np.testing.assert_array_equal(d.weights[::3, 2], 0.0)   # no cross term with one modality
+    np.testing.assert_array_equal(d.cross[::3], 0.0)
+    # with both present the decomposition is unchanged by the other samples' missing values
+    full = det.decompose(test)
+    np.testing.assert_allclose(d.score[2::3], full.score[2::3], rtol=1e-4, atol=1e-4)
+    # explicit presence dict and None give the same as the in-band markers
+    d2 = det.decompose({"vec": test["vec"], "cap": test["cap"],
+                        "present": {"cap": np.arange(300) % 3 != 0, "vec": np.arange(300) % 3 != 1}})
+    np.testing.assert_allclose(d2.score, d.score, rtol=1e-4, atol=1e-4)
+    d3 = det.decompose({"vec": test["vec"], "cap": None})
+    assert np.isfinite(d3.score).all() and not d3.present[:, 1].any()
+    # with the caption missing, the mismatch is invisible: near chance, not a crash
+    assert 0.3 <= metrics.auroc(y, d3.score) <= 0.7
+
+
+def test_input_errors(setup):
+    det, _, test, _ = setup
+    with pytest.raises(TypeError, match="dict"):
+        det.decision_function(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="missing \\['cap'\\]"):
+        det.decision_function({"vec": test["vec"]})
+    with pytest.raises(ValueError, match="unexpected \\['image'\\]"):
+        det.decision_function({**test, "image": test["vec"]})
+    with pytest.raises(ValueError, match="same number of samples"):
+        det.decision_function({"vec": test["vec"][:5], "cap": test["cap"][:6]})
+    with pytest.raises(ValueError, match="per-sample shape"):
+        det.decision_function({"vec": test["vec"][:, :3], "cap": test["cap"]})
+    with pytest.raises(ValueError, match="tokens must be in"):
+        det.decision_function({"vec": test["vec"][:2], "cap": np.full((2, 3), VOCAB)})
+    bad = test["vec"][:2].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN inside"):
+        det.decision_function({"vec": bad, "cap": test["cap"][:2]})
+    with pytest.raises(ValueError, match="at least one present"):
+        det.decision_function({"vec": np.full((2, K), np.nan), "cap": np.full((2, 3), -1)})
+    with pytest.raises(ValueError, match="modalities\\['x'\\]"):
+        MultimodalDetector(modalities={"x": "audio"}).fit({"x": np.zeros((4, 2))})
+    with pytest.raises(ValueError, match="fusion"):
+        MultimodalDetector(modalities={"x": "table"}, fusion="middle").fit({"x": np.zeros((4, 2))})
+
+
+def test_save_load(setup, tmp_path):
+    det, _, test, _ = setup
+    det.save(tmp_path / "mm")
+    det2 = base.load(tmp_path / "mm")
+    assert isinstance(det2, MultimodalDetector) and det2.modalities == det.modalities
+    np.testing.assert_allclose(det2.decision_function(test), det.decision_function(test), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(det2.decision_scores_, det.decision_scores_)
+    # a directory whose config names other modalities is refused
+    import json
+    cfg = json.loads((tmp_path / "mm" / "adiff.json").read_text())
+    cfg["params"]["modalities"] = {"vec": "table", "cap": "text", "extra": "table"}
+    (tmp_path / "mm" / "adiff.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError):
+        base.load(tmp_path / "mm")
+
+
+def test_exported():
+    from adiff import detectors
+    assert "MultimodalDetector" in detectors.__all__  # load() rebuilds only exported classes
+    assert detectors.MultimodalDetector is MultimodalDetector
+
+
+def test_autoencoder_all_kinds():
+    specs = (ModalitySpec("img", "image", (8, 8, 1)), ModalitySpec("cap", "text", (5,), 9),
+             ModalitySpec("ts", "series", (12, 3)), ModalitySpec("tab", "table", (6,)),
+             ModalitySpec("emb", "embedding", (10,)))
+    ae = MultimodalAutoencoder(specs, embed_dim=4, proj_dim=8)
+    x = [jnp.ones((2, 8, 8, 1)), jnp.array([[1, 2, 3, 0, 0], [4, 0, 0, 0, 0]]), jnp.ones((2, 12, 3)),
+         jnp.ones((2, 6)), jnp.arange(20.0).reshape(2, 10)]
+    params = jax.jit(ae.init)(jax.random.key(0), x)
+    # one compiled call on the batch and on a copy whose first caption has one real token changed
+    x2 = [jnp.concatenate([a, a]) for a in x]
+    x2[1] = x2[1].at[2, 1].set(5)
+    z, rec, proj = jax.jit(ae.apply)(params, x2)
+    assert [e.shape for e in z] == [(4, 4)] * 4 + [(4, 10)]
+    np.testing.assert_array_equal(z[4], x2[4])  # identity for precomputed embeddings
+    assert rec[0].shape == (4, 64) and rec[1].shape == (4, 5, 9) and rec[2].shape == (4, 36)
+    assert rec[3].shape == (4, 6) and rec[4] is None
+    for p in proj:
+        np.testing.assert_allclose(jnp.linalg.norm(p, axis=1), 1.0, rtol=1e-4)
+    # the changed token changes that caption's embedding only
+    assert not np.allclose(z[1][2], z[1][0]) and np.allclose(z[1][3], z[1][1], atol=1e-6)
+    np.testing.assert_allclose(z[0][:2], z[0][2:], atol=1e-6)
+
+
+def test_image_caption_construction():
+    from adiff.data import multimodal as mm
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 1, (120, 8, 8)).astype(np.float32) * 0.2
+    labels = np.arange(120) % 10
+    s = mm.image_caption_benchmark(images, labels, seed=0, n_train=60, n_test_normal=30, n_per_kind=10, patch=3)
+    assert s.train["image"].shape == (60, 8, 8, 1) and s.train["caption"].shape == (60, mm.MAX_LEN)
+    assert {k: int((s.kinds == k).sum()) for k in ("normal",) + mm.KINDS} == {
+        "normal": 30, "mismatch": 10, "corrupt_image": 10, "garbled_caption": 10}
+    np.testing.assert_array_equal(s.labels, (s.kinds != "normal").astype(int))
+    first_digit = len(mm.VOCAB) - 10
+    digit_of = lambda cap: [t - first_digit for t in cap if t >= first_digit]
+    # every training caption names exactly one digit; the test images are the ones without noise
+    assert all(len(digit_of(c)) == 1 for c in s.train["caption"])
+    corrupt = s.test["image"][s.kinds == "corrupt_image"]
+    assert (corrupt.max(axis=(1, 2, 3)) > 0.2).all()          # the noise square exceeds the 0.2 range
+    assert (s.test["image"][s.kinds == "mismatch"].max() <= 0.2)
+    assert mm.tokenize("handwritten seven").tolist()[:3] == [mm.VOCAB.index("handwritten"), mm.VOCAB.index("seven"), 0]
+    with pytest.raises(ValueError, match="outside VOCAB"):
+        mm.tokenize("a cat")
+    with pytest.raises(ValueError, match="needs"):
+        mm.image_caption_benchmark(images, labels, n_train=200)
+
+
+@pytest.mark.data
+def test_skab_groups(shared_data):
+    from adiff.data import multimodal as mm
+    s = mm.load_skab_groups(shared_data / "timeseries" / "skab", length=16, train_stride=64,
+                            test_stride=64, runs=["valve1/0"])
+    assert s.train["vibration"].shape[1:] == (16, 2) and s.train["process"].shape[1:] == (16, 6)
+    assert len(s.test["vibration"]) == len(s.labels) == len(s.test["process"])
+    assert 0 < s.labels.mean() < 1
