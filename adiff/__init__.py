@@ -25,6 +25,9 @@ _EXPORTS = {
     "TimeSeriesDetector": "adiff.detectors.timeseries",
     "VideoDetector": "adiff.detectors.video",
     "load": "adiff.detectors.base",
+    # anomaly generation
+    "AnomalyGenerator": "adiff.generation",
+    "GenerationOutput": "adiff.generation",
     # diffusion foundations
     "VPSDE": "adiff.sde",
     "SubVPSDE": "adiff.sde",
@@ -35,7 +38,7 @@ _EXPORTS = {
     "TrainConfig": "adiff.training.trainer",
     "fit": "adiff.training.trainer",
 }
-_SUBMODULES = ("analytic", "data", "detectors", "likelihood", "losses", "metrics", "nets", "noise",
+_SUBMODULES = ("analytic", "data", "detectors", "generation", "likelihood", "losses", "metrics", "nets", "noise",
                "parameterization", "scoring", "sde", "sharding", "solvers", "training", "validation")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
