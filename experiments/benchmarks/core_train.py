@@ -15,7 +15,6 @@ import argparse
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from adiff import losses, nets, training
 from adiff import sde as sde_lib
+from experiments.benchmarks.timing import median_time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = REPO / "docs" / "results" / "core.md"
@@ -32,15 +32,6 @@ BEGIN, END = "<!-- BEGIN train -->", "<!-- END train -->"
 COMMAND = "flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.core_train"
 
 
-def _median_time(fn, *, repeats: int, number: int) -> float:
-    """Median over `repeats` of the mean wall time of `number` calls of fn() (which blocks)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
@@ -49,7 +40,7 @@ def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
-    t = _median_time(lambda: dot(a, b).block_until_ready(), repeats=repeats, number=3)
+    t = median_time(lambda: dot(a, b).block_until_ready(), repeats=repeats, number=3)
     return 2.0 * n ** 3 / t / 1e9
 
 
@@ -90,7 +81,7 @@ def bench_model(name: str, model, shape: tuple[int, ...], batch: int, *, repeats
 
     for _ in range(3):  # warm-up (first call compiles through the jit cache)
         one()
-    sec = _median_time(one, repeats=repeats, number=number)
+    sec = median_time(one, repeats=repeats, number=number)
     return {"model": name, "params": n_params, "batch": batch, "ms": sec * 1e3,
             "samples_s": batch / sec, "gflop_step": flops / 1e9, "gflops": flops / sec / 1e9,
             "compile_s": compile_s}

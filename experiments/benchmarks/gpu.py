@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
 import time
+from experiments.benchmarks.timing import median_time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -30,14 +30,6 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 
                "V100": 125.0, "T4": 65.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5": 459.0}
 
 
-def _median_time(fn, repeats=5, number=3):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
 
 
 def _flops(compiled) -> float:
@@ -58,7 +50,7 @@ def _peak(args, jax, jnp) -> tuple[float, str]:
     a = jnp.ones((n, n), jnp.bfloat16)
     dot = jax.jit(jnp.dot)
     dot(a, a).block_until_ready()
-    t = _median_time(lambda: dot(a, a).block_until_ready())
+    t = median_time(lambda: dot(a, a).block_until_ready())
     return 2 * n ** 3 / t, f"measured bf16 matmul ({kind})"
 
 
@@ -130,7 +122,7 @@ def main(argv=None) -> None:
 
         for _ in range(3):
             one()
-        sec = _median_time(one)
+        sec = median_time(one)
         row = {"size": size, "params": n_params, "batch": batch, "train_step_ms": sec * 1e3,
                "train_samples_per_s": batch / sec, "flops_per_step": flops,
                "mfu": flops / sec / (peak * ndev)}
@@ -150,7 +142,7 @@ def main(argv=None) -> None:
 
         try:
             reconstruct(xs, key).block_until_ready()
-            ssec = _median_time(lambda: reconstruct(xs, key).block_until_ready(), repeats=3, number=2)
+            ssec = median_time(lambda: reconstruct(xs, key).block_until_ready(), repeats=3, number=2)
             row["scoring_images_per_s"] = sb / ssec
         except TypeError as e:  # solver keyword names differ: record instead of failing the run
             row["scoring_error"] = str(e)

@@ -26,11 +26,11 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from experiments.benchmarks.timing import median_time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 COMMAND = ("flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.scale")
@@ -85,14 +85,6 @@ def _worker_rss(path: str, n: int) -> dict:
             "peak_counter_reset": reset, "seconds": dt, "rows_per_s": n / dt}
 
 
-def _median_time(fn, repeats: int = 5, number: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
 
 
 def _worker_throughput() -> dict:
@@ -129,7 +121,7 @@ def _worker_throughput() -> dict:
 
         run()
         run()
-        dt = _median_time(run)
+        dt = median_time(run)
         out[name] = {"batch": int(x.shape[0]), "step_ms": dt * 1e3, "samples_per_s": x.shape[0] / dt}
 
     rng = np.random.RandomState(0)
@@ -147,7 +139,7 @@ def _worker_throughput() -> dict:
     fwd = jax.jit(lambda p, x, t: mlp.apply({"params": p}, x, t))
     run = lambda: jax.block_until_ready(fwd(params, xs, ts))
     run()
-    dt = _median_time(run)
+    dt = median_time(run)
     out["tabular_scoring"] = {"batch": 8192, "call_ms": dt * 1e3, "rows_per_s": 8192 / dt}
     return out
 
