@@ -158,3 +158,18 @@ def test_mixed_types_and_missing_values():
     assert s[1] == s.max()
     with pytest.raises(ValueError, match="columns"):
         det.decision_function(df.drop(columns=["flag"]))
+
+
+def test_chunked_scoring_equals_one_pass(fitted):
+    import copy
+
+    det, _, X_test, _ = fitted
+    big = np.concatenate([X_test] * 7)  # 700 rows
+    chunked = copy.copy(det)  # the same fitted state; only the scoring batch (and chunk) differ
+    chunked._scorers = {}
+    chunked.score_batch_size = 8
+    assert chunked._score_chunk_rows() == 128 < len(big)
+    ref = det.decision_function(big)  # one pass: 700 rows < 16 * 128
+    np.testing.assert_allclose(chunked.decision_function(big), ref, rtol=1e-6)
+    df = pd.DataFrame(big, columns=[f"x{i}" for i in range(big.shape[1])])
+    np.testing.assert_allclose(chunked.decision_function(df), ref, rtol=1e-6)

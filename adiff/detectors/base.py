@@ -104,10 +104,26 @@ class BaseDetector(BaseEstimator):
         if not hasattr(self, "decision_scores_"):
             raise RuntimeError(f"This {type(self).__name__} is not fitted yet; call fit(X) first")
 
+    def _score_chunk_rows(self) -> int | None:
+        """Rows preprocessed and scored at a time in decision_function (None: all at once).
+
+        Detectors whose samples are independent rows set this so that memory stays flat in N:
+        only one chunk is ever converted and encoded; just the float64 scores of all N are kept.
+        """
+        return None
+
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores of X, one float per sample; higher = more anomalous."""
         self._check_fitted()
         validation.check_size(X, name="X")
+        rows = self._score_chunk_rows()
+        n = len(X) if hasattr(X, "__len__") else None
+        if rows and n and n > rows:
+            take = (lambda a, b: X.iloc[a:b]) if hasattr(X, "iloc") else (lambda a, b: X[a:b])
+            return np.concatenate([self._score_rows(take(i, i + rows)) for i in range(0, n, rows)])
+        return self._score_rows(X)
+
+    def _score_rows(self, X) -> np.ndarray:
         return np.asarray(self._decision_function(self._prepare(X, fitting=False)), np.float64)
 
     def predict(self, X, return_confidence: bool = False):

@@ -112,6 +112,10 @@ class TabularDetector(BaseDetector):
         if not self.t0 or any(not 0.0 < float(t) <= 1.0 for t in self.t0):
             raise ValueError(f"t0 must be a non-empty sequence of times in (0, 1], got {self.t0!r}")
 
+    def _score_chunk_rows(self) -> int:
+        # Rows are independent: encode and score 16 scoring batches at a time (flat memory in N).
+        return 16 * int(self.score_batch_size)
+
     def _prepare(self, X, *, fitting: bool):
         if fitting:
             self._check_params()
