@@ -38,6 +38,7 @@ training) must not be changed after fit.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -116,6 +117,13 @@ def _patch_masks(h: int, w: int, patch: int, num_masks: int) -> np.ndarray:
     group = ((ii % s) * s + (jj % s)) % num_masks
     return np.stack([(group == m).astype(np.float32) for m in range(num_masks)])
 
+
+
+@functools.lru_cache(maxsize=16)
+def _resize_fn(hw: Tuple[int, int]):
+    """One compiled bilinear resize per target size, reused across calls (no recompilation)."""
+    return jax.jit(lambda x: jax.image.resize(x, (x.shape[0], hw[0], hw[1]) + tuple(x.shape[3:]),
+                                              "bilinear"))
 
 class ImageDetector(BaseDetector):
     """Diffusion anomaly detector for images [N, H, W, C] with per-pixel anomaly maps.
@@ -443,7 +451,7 @@ class ImageDetector(BaseDetector):
         if tuple(X.shape[1:3]) == tuple(hw):
             return X
         out = []
-        fn = jax.jit(lambda v: self._resize(v, hw))
+        fn = _resize_fn(tuple(int(v) for v in hw))
         for i in range(0, len(X), 256):
             out.append(np.asarray(fn(jnp.asarray(X[i:i + 256]))))
         return np.concatenate(out)
