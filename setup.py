@@ -19,13 +19,15 @@ INSTALL_REQUIRES = [
     "scikit-learn",
     "pandas",
     "matplotlib",
+    "pillow",
     "tensorboardX",
     "pyod",
 ]
 
 EXTRAS = {
     "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
-    "bench": ["pyod"],
+    # torch pinned exactly: a local CPU wheel here; anything looser downloads several GB.
+    "bench": ["pyod", "torch==2.13.0"],
     "colab": ["jupyter", "ipykernel"],
 }
 

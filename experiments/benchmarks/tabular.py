@@ -8,6 +8,19 @@ part (inside the detector for adiff; a StandardScaler for the PyOD baselines); t
   python -m experiments.benchmarks.tabular --seeds=0,1,2 --scorings=dte_np,dte \
       --baselines=KNN,IForest,ECOD --out=docs/results/tabular.md
 
+Protocols (--protocol):
+- "random" (primary): the design's semi-supervised split above.
+- "dte": the data protocol of the DTE repository (vicliv/DTE, data_generator.py with
+  test_size=0.5, normal=True, max_size=50,000), to compare with its published table: with numpy's
+  global seed set to the seed, sets under 1,000 rows are resampled with replacement to 1,000 rows
+  (duplicates land in train and test: this protocol leaks), sets over 50,000 rows are subsampled to
+  50,000 without replacement; the first half of the normal rows *in that order* (file order for
+  untouched sets) train, the rest plus all anomalies test.
+- "unsupervised": no labels at training time: train on the whole contaminated set (a random
+  20,000 rows at most), test on the whole set (50,000 rows at most, stratified).
+A scoring may carry the suffix "+robust" (e.g. "dte_np+robust") to fit the detector with
+robust=True (contamination-robust training, meant for the unsupervised protocol).
+
 Writes a markdown table (per set and means, with fit+score seconds) and a JSON with every row.
 """
 from __future__ import annotations
@@ -31,6 +44,10 @@ _SCORINGS = flags.DEFINE_list("scorings", ["dte_np"], "TabularDetector scorings 
 _BASELINES = flags.DEFINE_list("baselines", ["KNN", "IForest", "ECOD"], "PyOD baselines.")
 _DATASETS = flags.DEFINE_list("datasets", [], "Subset of dataset names (default: all found).")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 2000, "Training steps of trained paradigms.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "random", ["random", "dte", "unsupervised"],
+                              "Data protocol (see the module docstring).")
+_MERGE = flags.DEFINE_list("merge", [], "Instead of running: merge these result JSONs (same sets "
+                           "and methods, disjoint seeds) into --out, e.g. seeds 0-2 and 3-4 run apart.")
 _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "tabular.md"), "Markdown output.")
 
 
@@ -52,14 +69,65 @@ def _datasets(root: pathlib.Path, only):
     return files
 
 
-def run_one(path: pathlib.Path, seed: int, scorings, baselines, train_steps: int):
+def dte_repo_split(X: np.ndarray, y: np.ndarray, *, seed: int, min_size: int = 1000,
+                   max_size: int = 50000):
+    """The DTE repository's semi-supervised data protocol (see the module docstring).
+
+    Reimplemented from its description (numpy's legacy global RandomState, as that code seeds it),
+    so the resampling matches the published runs' for the same seed. Returns X_train, X_test, y_test.
+    """
+    rng = np.random.RandomState(seed)
+    if len(y) < min_size:
+        idx = rng.choice(np.arange(len(y)), min_size, replace=True)
+        X, y = X[idx], y[idx]
+    if len(y) > max_size:
+        rng = np.random.RandomState(seed)  # that code re-seeds before subsampling
+        idx = rng.choice(np.arange(len(y)), max_size, replace=False)
+        X, y = X[idx], y[idx]
+    normal, anomal = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    n_train = int(round(0.5 * len(normal)))
+    test_idx = np.concatenate([normal[n_train:], anomal])
+    return X[normal[:n_train]], X[test_idx], y[test_idx]
+
+
+def unsupervised_split(X: np.ndarray, y: np.ndarray, *, seed: int, max_train: int = 20000,
+                       max_test: int = 50000):
+    """Unsupervised protocol: train on the contaminated set itself (labels unused), test on it."""
+    rng = np.random.RandomState(seed)
+    test_idx = np.arange(len(y))
+    if len(test_idx) > max_test:
+        from sklearn.model_selection import train_test_split
+        test_idx, _ = train_test_split(test_idx, train_size=max_test, stratify=y, random_state=seed)
+    train_idx = rng.permutation(test_idx)[:max_train]
+    return X[train_idx], X[test_idx], y[test_idx]
+
+
+def split(protocol: str, X: np.ndarray, y: np.ndarray, *, seed: int):
+    """X_train, X_test, y_test under one of the protocols ("random", "dte", "unsupervised")."""
+    if protocol == "random":
+        return semisupervised_split(X, y, seed=seed)
+    if protocol == "dte":
+        return dte_repo_split(X, y, seed=seed)
+    if protocol == "unsupervised":
+        return unsupervised_split(X, y, seed=seed)
+    raise ValueError(f"protocol must be 'random', 'dte' or 'unsupervised', got {protocol!r}")
+
+
+def run_one(path: pathlib.Path, seed: int, scorings, baselines, train_steps: int,
+            protocol: str = "random"):
     import adiff
     X, y = load_adbench_npz(path)
-    X_tr, X_te, y_te = semisupervised_split(X, y, seed=seed)
+    X_tr, X_te, y_te = split(protocol, X, y, seed=seed)
+    if protocol == "dte":  # that code mean-fills NaNs after scaling; none of the 34 sets has any
+        assert np.isfinite(X_tr).all() and np.isfinite(X_te).all(), path
     rows = {}
     for sc in scorings:
         t = time.perf_counter()
-        det = adiff.TabularDetector(scoring=sc, seed=seed, train_steps=train_steps).fit(X_tr)
+        name, _, opt = sc.partition("+")
+        kwargs = {"robust": True} if opt == "robust" else {}
+        if opt not in ("", "robust"):
+            raise ValueError(f"unknown scoring option {opt!r} in {sc!r} (known: '+robust')")
+        det = adiff.TabularDetector(scoring=name, seed=seed, train_steps=train_steps, **kwargs).fit(X_tr)
         s = det.decision_function(X_te)
         rows[f"adiff:{sc}"] = dict(auroc=metrics.auroc(y_te, s), auprc=metrics.auprc(y_te, s),
                                    seconds=time.perf_counter() - t)
@@ -74,9 +142,35 @@ def run_one(path: pathlib.Path, seed: int, scorings, baselines, train_steps: int
     return rows, dict(n=len(X), d=X.shape[1], n_train=len(X_tr), n_test=len(X_te))
 
 
+def merge(paths, seeds_of):
+    """Combines per-set seed lists of several result JSONs (sets in the first file's order)."""
+    parts = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    results = {}
+    for name in parts[0]:
+        if not all(name in p for p in parts):
+            raise ValueError(f"set {name!r} is missing from some of {paths}")
+        results[name] = {"info": parts[0][name]["info"],
+                         "seeds": [r for p in parts for r in p[name]["seeds"]]}
+    seeds = [s for p in seeds_of for s in p]
+    return results, seeds
+
+
 def main(argv):
     del argv
     seeds = [int(s) for s in _SEEDS.value]
+    if _MERGE.value:
+        # --seeds lists the seeds of the merged files in order (the JSONs do not store them).
+        results, _ = merge(_MERGE.value, [seeds])
+        methods = list(next(iter(results.values()))["seeds"][0])
+        n_seeds = {len(r["seeds"]) for r in results.values()}
+        if n_seeds != {len(seeds)}:
+            raise SystemExit(f"--seeds has {len(seeds)} seeds but the merged files hold {n_seeds}")
+        _write(pathlib.Path(_OUT.value), results, methods, seeds,
+               cmd=f"python -m experiments.benchmarks.tabular --merge={','.join(_MERGE.value)} "
+                   f"--seeds={','.join(map(str, seeds))} (runs merged; each run's command in the "
+                   "session notes)")
+        print(f"wrote {_OUT.value}")
+        return
     files = _datasets(pathlib.Path(_DATA.value), _DATASETS.value)
     methods = [f"adiff:{s}" for s in _SCORINGS.value] + list(_BASELINES.value)
     results = {}
@@ -86,7 +180,8 @@ def main(argv):
         name = f.parent.name
         per_seed, info = [], None
         for seed in seeds:
-            rows, info = run_one(f, seed, _SCORINGS.value, _BASELINES.value, _TRAIN_STEPS.value)
+            rows, info = run_one(f, seed, _SCORINGS.value, _BASELINES.value, _TRAIN_STEPS.value,
+                                 _PROTOCOL.value)
             per_seed.append(rows)
         results[name] = {"info": info, "seeds": per_seed}
         line = "  ".join(f"{m} {np.mean([r[m]['auroc'] for r in per_seed]):.3f}" for m in methods)
@@ -95,21 +190,32 @@ def main(argv):
     print(f"wrote {out}")
 
 
-def _write(out: pathlib.Path, results, methods, seeds):
+_PROTOCOL_TEXT = {
+    "random": "Protocol: semi-supervised (DESIGN.md, primary): per seed, half of the normal rows "
+              "(shuffled with the seed) train; the other half plus all anomalies test; training capped "
+              "at 20,000 rows, test at 50,000 (stratified).",
+    "dte": "Protocol: **the DTE repository's** (vicliv/DTE data_generator.py, semi setting): sets under "
+           "1,000 rows resampled with replacement to 1,000 (duplicates in train and test: leaks), sets "
+           "over 50,000 rows subsampled to 50,000; the first half of the normal rows in that order "
+           "train, the rest plus all anomalies test. Secondary; comparable with DTE's README table only.",
+    "unsupervised": "Protocol: **unsupervised**: train on the contaminated set itself (a random 20,000 "
+                    "rows at most, labels unused), test on the whole set (50,000 rows at most, stratified).",
+}
+
+
+def _write(out: pathlib.Path, results, methods, seeds, cmd: str | None = None):
     def mean(name, m, k):
         return float(np.mean([r[m][k] for r in results[name]["seeds"]]))
 
     names = list(results)
-    cmd = ("python -m experiments.benchmarks.tabular --seeds=" + ",".join(map(str, seeds))
+    cmd = cmd or ("python -m experiments.benchmarks.tabular --seeds=" + ",".join(map(str, seeds))
            + " --scorings=" + ",".join(_SCORINGS.value) + " --baselines=" + ",".join(_BASELINES.value)
            + (" --datasets=" + ",".join(_DATASETS.value) if _DATASETS.value else "")
-           + f" --train_steps={_TRAIN_STEPS.value}")
+           + f" --train_steps={_TRAIN_STEPS.value} --protocol={_PROTOCOL.value}")
     lines = ["# Tabular anomaly detection: ADBench classical sets", "",
              f"Command: `{cmd}`", "",
-             "Data: ADBench classical `.npz` files (../shared/data/tabular). Protocol: semi-supervised "
-             "(DESIGN.md): per seed, half of the normal rows (shuffled with the seed) train; the other "
-             "half plus all anomalies test; training capped at 20,000 rows, test at 50,000 "
-             f"(stratified). Seeds: {seeds}. Baselines: PyOD with a StandardScaler fitted on the "
+             "Data: ADBench classical `.npz` files (../shared/data/tabular). " + _PROTOCOL_TEXT[_PROTOCOL.value]
+             + f" Seeds: {seeds}. Baselines: PyOD with a StandardScaler fitted on the "
              "training part (KNN k=5 'largest', IForest, ECOD), run in the same script.", "",
              f"Sets: {len(names)}. Values: mean over seeds; seconds = fit + score of one seed.", "",
              "| set | n | d | " + " | ".join(f"{m} AUROC" for m in methods) + " | "

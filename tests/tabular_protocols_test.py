@@ -1,0 +1,58 @@
+"""The tabular benchmark's data protocols (experiments/benchmarks/tabular.py): the design's random
+semi-supervised split, the DTE repository's split, and the unsupervised one. Time budget: ~2 s."""
+import numpy as np
+import pytest
+
+from experiments.benchmarks import tabular as bench
+
+
+def _data(n, every=10):
+    X = np.arange(n * 2, dtype=np.float64).reshape(n, 2)  # row i holds 2i, 2i+1: rows identifiable
+    y = (np.arange(n) % every == 0).astype(int)
+    return X, y
+
+
+def test_dte_split_keeps_file_order_for_midsize_sets():
+    X, y = _data(1200)
+    X_tr, X_te, y_te = bench.dte_repo_split(X, y, seed=0)
+    normal_rows = X[y == 0]
+    np.testing.assert_array_equal(X_tr, normal_rows[:540])  # first half of the normals, file order
+    assert len(X_te) == 1200 - 540 and y_te.sum() == 120
+    assert not set(X_tr[:, 0]) & set(X_te[:, 0])  # no row in both
+
+
+def test_dte_split_resamples_small_sets_with_duplicates_across_train_and_test():
+    X, y = _data(300)
+    X_tr, X_te, y_te = bench.dte_repo_split(X, y, seed=0)
+    assert len(X_tr) + len(X_te) == 1000
+    assert set(X_tr[:, 0]) & set(X_te[:, 0]), "the DTE protocol leaks duplicates (documented)"
+    # numpy's legacy global seeding: the same draw as np.random.seed(0); np.random.choice(...)
+    idx = np.random.RandomState(0).choice(np.arange(300), 1000, replace=True)
+    np.testing.assert_array_equal(np.sort(np.concatenate([X_tr, X_te])[:, 0]), np.sort(X[idx, 0]))
+
+
+def test_dte_split_subsamples_large_sets():
+    X, y = _data(600)
+    X_tr, X_te, _ = bench.dte_repo_split(X, y, seed=1, min_size=10, max_size=500)
+    assert len(X_tr) + len(X_te) == 500
+    assert len(np.unique(np.concatenate([X_tr, X_te])[:, 0])) == 500  # without replacement
+
+
+def test_unsupervised_split_trains_on_the_contaminated_test_set():
+    X, y = _data(1000)
+    X_tr, X_te, y_te = bench.unsupervised_split(X, y, seed=0, max_train=300, max_test=800)
+    assert len(X_tr) == 300 and len(X_te) == 800
+    assert set(X_tr[:, 0]) <= set(X_te[:, 0])
+    assert abs(y_te.mean() - 0.1) < 0.01  # stratified
+    anomalous_rows = set(X[y == 1, 0])
+    assert set(X_tr[:, 0]) & anomalous_rows, "training data must contain anomalies"
+
+
+def test_random_protocol_is_the_design_split_and_unknown_protocol_is_an_error():
+    X, y = _data(400)
+    a = bench.split("random", X, y, seed=3)
+    from adiff.data.tabular import semisupervised_split
+    for u, v in zip(a, semisupervised_split(X, y, seed=3)):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match="protocol"):
+        bench.split("leaky", X, y, seed=0)
