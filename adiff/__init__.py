@@ -36,6 +36,7 @@ _EXPORTS = {
     "log_prob": "adiff.likelihood",
     "AnomalyScores": "adiff.scoring",
     "TrainConfig": "adiff.training.trainer",
+    "CheckpointError": "adiff.training.trainer",
     "fit": "adiff.training.trainer",
 }
 _SUBMODULES = ("analytic", "data", "detectors", "generation", "likelihood", "losses", "metrics", "nets", "noise",

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["as_float_array", "check_size", "check_n_features", "check_choice", "check_positive_int",
+__all__ = ["as_float_array", "check_size", "check_total_size", "check_n_features", "check_choice", "check_positive_int",
            "check_fraction", "MAX_ELEMENTS"]
 
 # Above this many elements a request is refused before allocation (about 4 GiB of float32).
@@ -39,6 +39,39 @@ def check_size(x, *, name: str = "X", max_elements: int | None = None) -> None:
     if size > limit:
         raise ValueError(f"{name} has {size} elements (shape {tuple(shape)}), more than the limit "
                          f"{limit}; score it in chunks")
+
+
+def check_total_size(items, *, name: str = "X", max_elements: int | None = None) -> None:
+    """Refuses a collection of inputs (a list of clips, a dict of modalities) that is too large.
+
+    Each item is checked with `check_size` (named `name[key]`), then their total, so neither one
+    huge item nor many large ones are converted. Items without a `.shape` count as 0 here (they are
+    checked after their conversion).
+
+    Args:
+      items: a sequence of inputs or a dict {key: input}; None entries are skipped.
+      name: argument name used in the error messages.
+      max_elements: limit (default `MAX_ELEMENTS`).
+
+    Raises:
+      ValueError: an item or the total has more elements than the limit.
+    """
+    limit = MAX_ELEMENTS if max_elements is None else int(max_elements)
+    pairs = items.items() if hasattr(items, "items") else enumerate(items)
+    total = 0
+    for key, x in pairs:
+        if x is None:
+            continue
+        check_size(x, name=f"{name}[{key!r}]", max_elements=limit)
+        shape = getattr(x, "shape", None)
+        if shape is not None:
+            try:
+                total += int(np.prod([int(d) for d in shape], dtype=object))
+            except (TypeError, ValueError):
+                pass
+    if total > limit:
+        raise ValueError(f"{name} has {total} elements in all, more than the limit {limit}; "
+                         "score it in chunks")
 
 
 def as_float_array(x, *, name: str = "X", ndim: int | Sequence[int] | None = None,

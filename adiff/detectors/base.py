@@ -248,22 +248,38 @@ def load(path: str | os.PathLike) -> BaseDetector:
         det = classes[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     except TypeError as e:
         raise ValueError(f"{str(cfg_file)!r} has parameters that {name} does not accept: {e}") from None
-    n_scores = int(meta.get("n_train", -1))
-    target = {"model": det._abstract_arrays(meta),
-              "decision_scores_": jax.ShapeDtypeStruct((n_scores,), np.float64)}
+    try:
+        n_scores = int(meta.get("n_train", -1))
+        for key in ("threshold_", "_mu", "_sigma"):
+            if not isinstance(meta.get(key), (int, float)) or isinstance(meta.get(key), bool):
+                raise ValueError(f"meta[{key!r}] must be a number, got {meta.get(key)!r}")
+        target = {"model": det._abstract_arrays(meta),
+                  "decision_scores_": jax.ShapeDtypeStruct((n_scores,), np.float64)}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # Edited or foreign 'params'/'meta': a missing key, a wrong type, an invalid value.
+        raise ValueError(f"{str(cfg_file)!r} has an invalid configuration for {name}: "
+                         f"{type(e).__name__}: {e}") from None
     arrays_dir = path / "arrays"
     if not arrays_dir.is_dir():
         raise ValueError(f"{str(path)!r} has no arrays/ directory")
     try:
         with ocp.StandardCheckpointer() as ckpt:
-            meta_tree = ckpt.metadata(arrays_dir)
-            _check_shapes(_tree_of(meta_tree), target)
+            meta_tree = _tree_of(ckpt.metadata(arrays_dir))
+            if not meta_tree or not jax.tree_util.tree_leaves(meta_tree):
+                # orbax reports unreadable (truncated, altered, missing) array files as no metadata
+                raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: their "
+                                 "metadata is missing or unreadable (truncated or missing files?)")
+            _check_shapes(meta_tree, target)
             arrays = ckpt.restore(arrays_dir, target)
     except ValueError:
         raise
     except Exception as e:  # orbax raises many types for corrupt directories
         raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: {type(e).__name__}: {e}") from None
-    det._import(meta, jax.tree.map(np.asarray, arrays["model"]))
+    try:
+        det._import(meta, jax.tree.map(np.asarray, arrays["model"]))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ValueError(f"{str(cfg_file)!r} has an invalid configuration for {name}: "
+                         f"{type(e).__name__}: {e}") from None
     det.decision_scores_ = np.asarray(arrays["decision_scores_"], np.float64)
     det.threshold_ = float(meta["threshold_"])
     det._mu, det._sigma = float(meta["_mu"]), float(meta["_sigma"])

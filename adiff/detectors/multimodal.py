@@ -5,6 +5,10 @@ Inputs are dicts of arrays sharing the first dimension N, e.g. {"image": [N, H, 
 of each key (see KINDS). A modality may be missing for some samples: give an all-NaN sample (float
 kinds), a row of negative tokens (text), None for the whole key, or an explicit presence mask under
 the reserved key "present" ({key: bool [N]}). Every sample needs at least one present modality.
+Bad input is a ValueError/TypeError naming the key, before any conversion or compilation: a non-dict,
+missing or unexpected keys, differing N, wrong rank or per-sample shape, non-numeric dtypes,
+non-integer or out-of-vocabulary tokens, inf anywhere, NaN inside a present sample, and inputs over
+`adiff.validation.MAX_ELEMENTS` elements (per key or in all).
 
 Training, in three stages, all on normal data:
 1. Encoders. One encoder per modality (adiff.nets.fusion) is trained jointly with an MLP decoder
@@ -60,6 +64,7 @@ from adiff.training import trainer
 from adiff.typing import Array
 
 FUSIONS = ("early", "late", "dynamic")
+_MAX_INFERRED_VOCAB = 1 << 20  # larger token ids at fit need an explicit vocab_size
 PRESENT_KEY = "present"
 
 __all__ = ["MultimodalDetector", "MultimodalScores", "FUSIONS", "KINDS", "PRESENT_KEY"]
@@ -194,7 +199,8 @@ class MultimodalDetector(BaseDetector):
             raise ValueError(f"X must have the keys {self._keys} (a modality missing for every sample "
                              f"is given as None); missing {missing}, unexpected {extra}")
         arrays = {k: X[k] for k in self._keys}
-        ns = {k: len(v) for k, v in arrays.items() if v is not None}
+        validation.check_total_size(arrays, name="X")  # before any conversion copies a huge input
+        ns = {k: _n_samples(k, v) for k, v in arrays.items() if v is not None}
         if not ns:
             raise ValueError("X has no data: every modality is None")
         n = next(iter(ns.values()))
@@ -205,6 +211,12 @@ class MultimodalDetector(BaseDetector):
         explicit = X.get(PRESENT_KEY)
         if explicit is not None and not isinstance(explicit, Mapping):
             raise TypeError(f"X[{PRESENT_KEY!r}] must be a dict {{key: bool [N]}}, got {type(explicit).__name__}")
+        if explicit is not None:
+            unknown = [k for k in explicit if k not in self.modalities]
+            if unknown:
+                raise ValueError(f"X[{PRESENT_KEY!r}] has keys {unknown} that are not modalities; "
+                                 f"expected a subset of {self._keys}")
+            validation.check_total_size(explicit, name=f"X[{PRESENT_KEY!r}]")
         if fitting:
             if any(v is None for v in arrays.values()):
                 raise ValueError(f"fit needs data for every modality; None for {[k for k, v in arrays.items() if v is None]}")
@@ -233,10 +245,12 @@ class MultimodalDetector(BaseDetector):
         for k, kind in self.modalities.items():
             a = arrays[k]
             if kind == "text":
-                a = np.asarray(a)
-                if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
-                    raise ValueError(f"X[{k!r}] (text) must be an int array [N, L], got {a.dtype} {a.shape}")
-                vocab[k] = int(self.vocab_size or max(int(a.max()) + 1, 2))
+                a = _as_tokens(k, a)
+                top = int(a.max()) + 1 if a.size else 0
+                if self.vocab_size is None and top > _MAX_INFERRED_VOCAB:
+                    raise ValueError(f"X[{k!r}] has token ids up to {top - 1}; an inferred vocabulary "
+                                     f"is limited to {_MAX_INFERRED_VOCAB} ids, pass vocab_size=")
+                vocab[k] = int(self.vocab_size or max(top, 2))
                 self.input_shapes_[k] = [int(a.shape[1])]
                 continue
             a = self._as_float(k, a, kind)
@@ -254,19 +268,21 @@ class MultimodalDetector(BaseDetector):
     @staticmethod
     def _as_float(k, a, kind) -> np.ndarray:
         a = np.asarray(a)
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise TypeError(f"X[{k!r}] ({kind}) must hold real numbers, got dtype {a.dtype}")
+        want = {"image": ((3, 4), "[N, H, W, C] or [N, H, W]"), "series": ((3,), "[N, T, C]"),
+                "table": ((2,), "[N, D]"), "embedding": ((2,), "[N, D]")}[kind]
+        if a.ndim not in want[0]:
+            raise ValueError(f"X[{k!r}] ({kind}) must have shape {want[1]}, got shape {a.shape}")
         if a.dtype == np.uint8 and kind == "image":
             a = a.astype(np.float32) / 255.0
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise TypeError(f"X[{k!r}] must be numeric, got dtype {a.dtype}")
         a = a.astype(np.float32)
-        want = {"image": (3, 4), "series": (3,), "table": (2,), "embedding": (2,)}[kind]
-        if a.ndim not in want:
-            raise ValueError(f"X[{k!r}] ({kind}) must have {want[0] + 1 if kind == 'image' and a.ndim == 3 else want} "
-                             f"dimensions, got shape {a.shape}")
         if kind == "image" and a.ndim == 3:
             a = a[..., None]
-        if np.isinf(a).any():
-            raise ValueError(f"X[{k!r}] contains inf")
+        n_inf = int(np.isinf(a).sum())
+        if n_inf:
+            raise ValueError(f"X[{k!r}] ({kind}) must be finite (an all-NaN sample marks a missing "
+                             f"one); found {n_inf} inf values")
         return a
 
     def _convert(self, k, a, n):
@@ -276,15 +292,16 @@ class MultimodalDetector(BaseDetector):
             dtype = np.int32 if kind == "text" else np.float32
             return np.zeros((n,) + shape, dtype), np.zeros(n, bool)
         if kind == "text":
-            a = np.asarray(a)
-            if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(f"X[{k!r}] (text) must be an int array [N, L], got {a.dtype} {a.shape}")
+            a = _as_tokens(k, a)
             if a.shape[1:] != shape:
                 raise ValueError(f"X[{k!r}] must have shape [N, {shape[0]}] as in fit, got {a.shape}")
             present = ~(a < 0).all(axis=1)
-            if (a[present] < 0).any() or (a >= self.vocab_[k]).any():
-                raise ValueError(f"X[{k!r}] tokens must be in [0, {self.vocab_[k]}) (a row of negative "
-                                 f"tokens marks a missing caption)")
+            vocab = self.vocab_[k]
+            bad = (a >= vocab) | ((a < 0) & present[:, None])
+            if bad.any():
+                raise ValueError(f"X[{k!r}] tokens must be in [0, {vocab}) (a row of negative tokens "
+                                 f"marks a missing caption); got {int(bad.sum())} tokens outside, "
+                                 f"e.g. {int(a[bad][0])}")
             return np.where(a < 0, 0, a).astype(np.int32), present
         a = self._as_float(k, a, kind)
         if a.shape[1:] != shape:
@@ -510,7 +527,7 @@ class MultimodalDetector(BaseDetector):
         values, present = data
         n, m = present.shape
         self.n_features_in_ = m
-        params = self._init_params()
+        params = jax.jit(self._init_params)()  # one compile, not one per initializer op
         params["autoencoder"] = self._fit_encoders(values, present, params["autoencoder"])
         self.params_ = params
         self.__dict__.pop("_jitted", None)
@@ -672,6 +689,28 @@ class MultimodalDetector(BaseDetector):
         self.n_train_ = int(meta["n_train"])
         self.n_features_in_ = len(self.modalities)
         self.__dict__.pop("_jitted", None)
+
+
+def _n_samples(k, v) -> int:
+    """Leading dimension N of modality `k`'s input, with a clear error for non-arrays."""
+    shape = getattr(v, "shape", None)
+    if shape is None:
+        if not hasattr(v, "__len__") or isinstance(v, (str, bytes, Mapping)):
+            raise TypeError(f"X[{k!r}] must be an array [N, ...] (or None), got {type(v).__name__}")
+        return len(v)
+    if len(shape) == 0:
+        raise ValueError(f"X[{k!r}] must be an array [N, ...], got a scalar of shape {tuple(shape)}")
+    return int(shape[0])
+
+
+def _as_tokens(k, a) -> np.ndarray:
+    """Token ids [N, L] of a text modality: integers (negative = padding of a missing caption)."""
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"X[{k!r}] (text) must hold integer token ids, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"X[{k!r}] (text) must have shape [N, L], got shape {a.shape}")
+    return a
 
 
 def _loc_scale(x: np.ndarray):

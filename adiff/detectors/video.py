@@ -89,7 +89,12 @@ class VideoDetector(BaseDetector):
 
     Input: a clip [T, H, W, C] (or [T, H, W]) of uint8 frames or floats in [0, 1], or a list
     of clips (same H, W, C). `fit(list_of_clips)`; `decision_function(clip) -> [T]` (a list of
-    clips gives a list of arrays); `anomaly_map(clip) -> [T, H, W]`.
+    clips gives a list of arrays); `anomaly_map(clip) -> [T, H, W]`. At scoring time the channel
+    count must match fit; clips of another height/width are resized to the working size (maps come
+    back at the input size); a clip shorter than K + 1 frames (even a single frame) is scored with
+    its first frame repeated as the missing context. NaN/inf, empty clips, wrong rank, non-numeric
+    or non-uint8 integer dtypes and inputs over `adiff.validation.MAX_ELEMENTS` elements are a
+    ValueError/TypeError before any conversion or compilation.
 
     Args:
       contamination: expected anomaly fraction in (0, 0.5]; sets `threshold_` on training frames.
@@ -198,6 +203,7 @@ class VideoDetector(BaseDetector):
     def _as_clip(self, clip, name: str) -> np.ndarray:
         if clip is None:
             raise TypeError(f"{name} must be an array [T, H, W, C], got None")
+        validation.check_size(clip, name=name)  # before any copy of a huge (e.g. broadcast) clip
         arr = np.asarray(clip)
         if arr.dtype == object or arr.dtype.kind not in "buif":
             raise TypeError(f"{name} must hold uint8 or floating values in [0, 1], got dtype {arr.dtype}")
@@ -216,7 +222,7 @@ class VideoDetector(BaseDetector):
         x = arr.astype(np.float32)
         bad = int(np.sum(~np.isfinite(x)))
         if bad:
-            raise ValueError(f"{name} must be finite; found {bad} NaN/inf values")
+            raise ValueError(f"{name} must be finite values in [0, 1]; found {bad} NaN/inf values")
         lo, hi = float(x.min()), float(x.max())
         if lo < -1e-6 or hi > 1.0 + 1e-6:
             raise ValueError(f"float {name} must lie in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]")
@@ -235,13 +241,16 @@ class VideoDetector(BaseDetector):
         if isinstance(X, (list, tuple)):
             if len(X) == 0:
                 raise ValueError("X must hold at least one clip, got an empty list")
-            clips = [self._as_clip(c, f"X[{i}]") for i, c in enumerate(X)]
+            validation.check_total_size(X, name="X")
+            names = [f"X[{i}]" for i in range(len(X))]
+            clips = [self._as_clip(c, n) for c, n in zip(X, names)]
         else:
+            names = ["X"]
             clips = [self._as_clip(X, "X")]
         shapes = {c.shape[1:] for c in clips}
         if fitting:
             if len(shapes) != 1:
-                raise ValueError(f"training clips must share [H, W, C]; got {sorted(shapes)}")
+                raise ValueError(f"X: training clips must share [H, W, C]; got {sorted(shapes)}")
             shape = clips[0].shape[1:]
             self.input_shape_ = tuple(int(v) for v in shape)
             self.n_channels_ = int(shape[-1])
@@ -251,10 +260,10 @@ class VideoDetector(BaseDetector):
                 raise ValueError(f"the working size {hw} must be divisible by 2**(len(channel_mults)-1)"
                                  f" = {f}; pass image_size=")
             self.work_hw_ = hw
-        for i, c in enumerate(clips):
+        for n, c in zip(names, clips):
             if c.shape[-1] != self.n_channels_:
-                raise ValueError(f"clip {i} has {c.shape[-1]} channels, but the detector was fitted "
-                                 f"on {self.n_channels_} channels")
+                raise ValueError(f"{n} has {c.shape[-1]} channels (shape {c.shape}), but the detector "
+                                 f"was fitted on {self.n_channels_} channels")
         return [np.asarray(self._resize(2.0 * c - 1.0)) for c in clips]
 
     def _resize(self, x: np.ndarray) -> np.ndarray:

@@ -14,12 +14,19 @@ writes each checkpoint to a temporary directory and renames it when complete, so
 one is never restored). A SIGTERM (the usual advance warning of a preemption) makes `fit` finish
 the current step, save a checkpoint at that step, and raise `Preempted` (a `SystemExit` with code
 143), so an unhandled SIGTERM still ends the process after the save.
+
+Damaged or foreign checkpoints: the resume restores the newest *intact* checkpoint (metadata
+matching the run's state, data that tensorstore reads back with valid checksums, the directory's
+step, finite arrays). Newer broken ones are moved to `workdir/corrupt_checkpoints/` with a logged
+warning; if none is intact, `fit` raises `CheckpointError` naming the directory and the problems.
+Nothing in a workdir is ever unpickled.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -28,6 +35,7 @@ from typing import Any, Mapping
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -38,10 +46,11 @@ from adiff.training.state import TrainState, create_train_state
 from adiff.training.step import LossFn, make_train_step
 from adiff.typing import PyTree
 
-__all__ = ["TrainConfig", "FitResult", "Preempted", "make_schedule", "make_optimizer",
-           "make_dataset", "tree_sha256", "fit"]
+__all__ = ["TrainConfig", "FitResult", "Preempted", "CheckpointError", "make_schedule",
+           "make_optimizer", "make_dataset", "tree_sha256", "fit"]
 
 SCHEDULES = ("cosine", "constant")
+_LOG = logging.getLogger(__name__)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
@@ -329,13 +338,135 @@ def _summarize(window: list[dict], step: int, lr: float, dt: float) -> dict:
     return record
 
 
+class CheckpointError(ValueError):
+    """No checkpoint in a workdir can be restored into the run's state (see `fit`)."""
+
+
+_QUARANTINE = "corrupt_checkpoints"
+
+
+def _check_restorable(item_dir: str, abstract: PyTree) -> None:
+    """Raises ValueError naming what in the checkpoint item `item_dir` does not match `abstract`.
+
+    Reads only orbax's JSON metadata (never unpickles anything): the tree structure and each
+    array's shape must match the run's state, so a foreign or re-purposed workdir is refused with a
+    readable message instead of a tensorstore trace. Without readable metadata the check is left
+    to the restore, whose error then says what is wrong.
+    """
+    with ocp.StandardCheckpointer() as ckpt:
+        meta = ckpt.metadata(item_dir)
+    for attr in ("item_metadata", "tree"):
+        meta = getattr(meta, attr, meta)
+    if meta is None:
+        return
+    norm = lambda k: "".join(c for c in k if c not in "'\".[]")
+    saved = {norm(jax.tree_util.keystr(k)): v
+             for k, v in jax.tree_util.tree_flatten_with_path(meta, is_leaf=_is_array_meta)[0]}
+    want = {norm(jax.tree_util.keystr(k)): (jax.tree_util.keystr(k), v)
+            for k, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    missing = sorted(k for n, (k, _) in want.items() if n not in saved)
+    extra = sorted(n for n in saved if n not in want)
+    if missing or extra:
+        raise ValueError(f"its arrays do not match the run's state: missing {missing[:4]}, "
+                         f"unexpected {extra[:4]}")
+    for n, (k, v) in want.items():
+        shape = tuple(getattr(saved[n], "shape", None) or ())
+        if shape != tuple(v.shape):
+            raise ValueError(f"array {k} has shape {shape}; the run's state has {tuple(v.shape)}")
+
+
+def _is_array_meta(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _check_restored(state: TrainState, step: int) -> None:
+    """A restored state must be at its checkpoint's step and hold finite numbers only."""
+    got = int(jax.device_get(state.step))
+    if got != step:
+        raise ValueError(f"it holds the state of step {got}, not {step}")
+    tree = {"params": state.params, "ema_params": state.ema_params, "opt_state": state.opt_state}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        # A reduction on device: works for global (multi-process) arrays; the result is replicated.
+        if not bool(jax.device_get(jnp.all(jnp.isfinite(leaf)))):
+            raise ValueError(f"array {jax.tree_util.keystr(path)} holds NaN/inf")
+
+
+def _restore_latest_intact(manager: ocp.CheckpointManager, state: TrainState, workdir: str,
+                           config: TrainConfig):
+    """Restores the newest intact checkpoint; moves newer broken ones aside with a warning.
+
+    A checkpoint is intact when its metadata matches the run's state (structure and shapes),
+    orbax restores it (tensorstore's OCDBT storage checksums its data, so truncated or altered
+    array files fail here), its step is the directory's and its arrays are finite. Newer
+    checkpoints that fail are moved to `workdir/corrupt_checkpoints/` (process 0; kept for
+    inspection, never read again) and a warning is logged, so training resumes from the last
+    good state rather than from garbage. When none is intact, a `CheckpointError` names the
+    directory and every problem (training is not silently restarted from scratch). Nothing in
+    the directory is ever unpickled: orbax reads JSON metadata and tensorstore arrays only.
+
+    Returns:
+      (restored state, checkpoint manager over the cleaned directory).
+    """
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    problems: list[tuple[int, str]] = []
+    restored = None
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            item_dir = os.path.join(ckpt_dir, str(step), "default")
+            if not os.path.isdir(item_dir):
+                raise ValueError(f"{item_dir!r} is missing (not a checkpoint written by fit)")
+            _check_restorable(item_dir, abstract)
+            # A fresh checkpointer per candidate: a broken step must not poison the next restore.
+            with ocp.StandardCheckpointer() as ckpt:
+                candidate = ckpt.restore(item_dir, abstract)
+            _check_restored(candidate, step)
+        except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            problems.append((step, f"{type(e).__name__}: {msg[:300]}"))
+            continue
+        restored = candidate
+        break
+    detail = "; ".join(f"step {s}: {m}" for s, m in problems)
+    if restored is None:
+        raise CheckpointError(
+            f"no checkpoint in {ckpt_dir!r} can be restored into this run's state ({detail}). "
+            "Use a new workdir (or move that directory away) to start from scratch.")
+    if problems:
+        good = int(jax.device_get(restored.step))
+        aside = os.path.join(workdir, _QUARANTINE)
+        _LOG.warning(
+            "checkpoints in %r: skipping unusable step(s) %s (%s); resuming from step %d; "
+            "the skipped ones are moved to %r", ckpt_dir, [s for s, _ in problems], detail, good,
+            aside)
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for s, _ in problems:
+                src = os.path.join(ckpt_dir, str(s))
+                if os.path.exists(src):
+                    os.replace(src, os.path.join(aside, f"{s}-{stamp}-{os.getpid()}"))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+            multihost_utils.sync_global_devices("adiff_checkpoint_quarantine")
+        manager.close()
+        manager = ocp.CheckpointManager(
+            ckpt_dir, options=ocp.CheckpointManagerOptions(
+                max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every))
+    return restored, manager
+
+
 def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
         workdir: str | None = None, mesh: Mesh | None = None,
         progress: bool = True, handle_sigterm: bool = True) -> FitResult:
     """Trains `init_params` on `data` by minimizing `loss_fn`, with checkpoints and logs.
 
-    With a `workdir`, the run resumes automatically from the latest checkpoint in
-    `workdir/checkpoints` (orbax, `StandardRestore` into the abstract state), saves every
+    With a `workdir`, the run resumes automatically from the latest intact checkpoint in
+    `workdir/checkpoints` (orbax, restored into the abstract state; a newer truncated, altered,
+    mis-shaped, mis-numbered or non-finite one is moved to `workdir/corrupt_checkpoints/` with a
+    logged warning), saves every
     `checkpoint_every` steps and at the end, appends metrics to `workdir/metrics.jsonl` and
     TensorBoard files under `workdir/tensorboard`, and writes `workdir/final_metrics.json`
     (global step and SHA-256 of the final params and EMA params).
@@ -358,6 +489,8 @@ def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
 
     Raises:
       Preempted: after a SIGTERM, once the checkpoint of the current step is saved.
+      CheckpointError: `workdir/checkpoints` holds checkpoints but none restores into this run's
+        state (e.g. the workdir of another model); nothing is moved or overwritten then.
     """
     _check_config(config)
     if not callable(loss_fn):
@@ -388,10 +521,8 @@ def fit(loss_fn: LossFn, init_params: PyTree, data: Any, *, config: TrainConfig,
             os.path.join(workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                                  save_interval_steps=config.checkpoint_every))
-        latest = manager.latest_step()
-        if latest is not None:
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+        if manager.all_steps():
+            state, manager = _restore_latest_intact(manager, state, workdir, config)
 
     start = int(jax.device_get(state.step))
     train_step = make_train_step(loss_fn, tx, ema_decay=config.ema_decay, mesh=mesh)
