@@ -352,6 +352,78 @@ def _knn_sq_dists(x_train: Array, x: Array, k: int, *, query_batch: int, train_b
     return jax.lax.map(per_query_block, xq).reshape(nq * bq, k)[:b]
 
 
+def _knn_masked_sq_dists(x_train: Array, obs_train: Array, x: Array, obs: Array, k: int, *,
+                         mode: str, col_mean: Array, col_var: Array, query_batch: int,
+                         train_batch: int) -> Array:
+    """Squared distances [B, k] with missing entries to the k nearest rows of x_train, ascending.
+
+    With o_q, o_r the 0/1 masks of a query row q and a reference row r (values zero where
+    unobserved) and D the number of entries:
+      mode "expected": d = D / |O_q| * sum_{j in O_q} [o_rj (q_j - r_j)^2
+                                                      + (1 - o_rj) ((q_j - mu_j)^2 + var_j)],
+        the entries the query observes, a gap of the reference replaced by its expected squared
+        difference under the training marginal of column j (mean mu_j, variance var_j). +inf when
+        the query observes nothing.
+      mode "shared": d = D / |O_q & O_r| * sum_{j in O_q & O_r} (q_j - r_j)^2; +inf when the two
+        rows share no observed entry.
+    Blocked exactly as `_knn_sq_dists` (working memory query_batch * (train_batch + k) floats),
+    through sum_j o_qj o_rj (q_j - r_j)^2 = (q^2) @ o_r^T - 2 q @ r^T + o_q @ (r^2)^T.
+    """
+    n, d = x_train.shape
+    b = x.shape[0]
+    bq, bt = min(query_batch, b), min(train_batch, n)
+    nq, nt = -(-b // bq), -(-n // bt)
+    pad_q = lambda a: jnp.pad(a, ((0, nq * bq - b), (0, 0))).reshape(nq, bq, d)
+    pad_t = lambda a: jnp.pad(a, ((0, nt * bt - n), (0, 0))).reshape(nt, bt, d)
+    xq, oq_all = pad_q(x), pad_q(obs)
+    xt, ot = pad_t(x_train), pad_t(obs_train)
+    valid = (jnp.arange(nt * bt) < n).reshape(nt, bt)
+    hi = jax.lax.Precision.HIGHEST
+    mm = lambda a, c: jnp.matmul(a, c.T, precision=hi)
+
+    def per_query_block(args):
+        q, oq = args
+        eq = oq * ((q - col_mean) ** 2 + col_var)  # [bq, d] expected gap contributions
+        nobs = jnp.sum(oq, axis=-1, keepdims=True)  # [bq, 1]
+
+        def body(best, chunk):
+            c, oc, ok = chunk
+            ssq = jnp.maximum(mm(q * q, oc) - 2.0 * mm(q, c) + mm(oq, c * c), 0.0)
+            if mode == "shared":
+                count = mm(oq, oc)
+                d2 = ssq * (d / jnp.maximum(count, 1.0))
+            else:
+                count = jnp.broadcast_to(nobs, ssq.shape)
+                d2 = (ssq + mm(eq, 1.0 - oc)) * (d / jnp.maximum(count, 1.0))
+            d2 = jnp.where(ok[None] & (count > 0.5), d2, jnp.inf)
+            neg, _ = jax.lax.top_k(-jnp.concatenate([best, d2], axis=-1), k)
+            return -neg, None
+
+        best, _ = jax.lax.scan(body, jnp.full((bq, k), jnp.inf, x.dtype), (xt, ot, valid))
+        return best
+
+    return jax.lax.map(per_query_block, (xq, oq_all)).reshape(nq * bq, k)[:b]
+
+
+def _check_observed(observed: Any, x: Array, name: str) -> Array:
+    if not hasattr(observed, "shape"):
+        observed = np.asarray(observed)
+    if tuple(observed.shape) != tuple(np.shape(x)):
+        raise ValueError(f"{name} must have the shape of its data {tuple(np.shape(x))}; "
+                         f"got {tuple(observed.shape)}")
+    dtype = getattr(x, "dtype", None)
+    return jnp.asarray(observed, dtype if dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+                       else jnp.float32)
+
+
+def _all_observed(observed: Any) -> bool:
+    """True when `observed` is concrete and every entry is nonzero (the fast path applies)."""
+    if _is_traced(observed):
+        return False
+    with jax.ensure_compile_time_eval():
+        return bool(np.all(np.asarray(observed) != 0))
+
+
 def dte_nonparametric(
     x_train: Array,
     x: Array,
@@ -365,6 +437,9 @@ def dte_nonparametric(
     exclude_self: bool = False,
     query_batch: int = 1024,
     train_batch: int = 4096,
+    observed_train: Array | None = None,
+    observed: Array | None = None,
+    missing_distance: str = "expected",
 ) -> AnomalyScores:
     """Non-parametric diffusion-time estimation (DTE-NP, Livernoche et al., ICLR 2024).
 
@@ -385,12 +460,32 @@ def dte_nonparametric(
         x_0 + (sigma_t / alpha_t) z in data units (exact for VE; for VP it keeps the clean-data
         scale, the variance-only kernel of the paper, instead of shrinking x).
 
+    Missing values (`observed_train` / `observed`, 0/1 masks of the shape of x_train / x;
+    unobserved entries may hold NaN). Two masked squared distances between a query row q and a
+    reference row r, both rescaled to D entries so they stay comparable to a complete distance:
+      - "expected" (default): over the entries q observes, D / |O_q| * sum_{j in O_q} of
+        (q_j - r_j)^2 where r observes j too, and of the expected squared difference
+        (q_j - mu_j)^2 + var_j (training mean and variance of column j over observed entries)
+        where r misses j. The rescaling factor is the same for every reference of a query, so
+        it does not change which references are nearest.
+      - "shared": only the entries observed in both rows, D / |O_q & O_r| * sum (q_j - r_j)^2
+        (+inf with nothing shared). Each distance is unbiased under entries missing at random,
+        but the k-NN minimum is not: references missing exactly the query's deviating entries
+        look closest, so an anomaly's score shrinks. Measured on Gaussian tables with 20% MCAR
+        it loses to zero-filling when anomalies deviate in a few columns (tests/tabular_test.py).
+    Where a distance is +inf (a query observing nothing, or, for "shared", fewer than k
+    references sharing an entry), it is replaced by the finite fallback 2 * sum_j var_j, the
+    expected squared distance between two independent training rows. Masks that are concrete
+    and all ones (or None) take the unmasked fast path, bit-identical to passing no masks.
+
     Args:
       x_train: [N, ...] training (normal) data.
       x: [B, ...] points to score; same trailing shape as x_train.
       sde: optional SDE whose noise levels define the time grid (see above).
       k: number of nearest neighbours averaged.
-      statistic: "mean" (posterior mean, smooth) or "mode" (argmax over the grid, as in DTE).
+      statistic: "mean" (posterior mean, smooth) or "mode" (argmax over the grid, as in DTE), or
+        "distance": the sufficient statistic m itself (mean squared distance to the k nearest
+        training rows; a plain k-NN score that never saturates at the end of the time grid).
       target: "time" (diffusion time / step index) or "sigma" (noise scale s = sqrt(v)).
       num_steps: size of the time grid.
       t_min: smallest grid time when an SDE is given.
@@ -398,17 +493,27 @@ def dte_nonparametric(
         not its own neighbour at distance 0).
       query_batch: rows of x per distance block.
       train_batch: rows of x_train per distance block.
+      observed_train: optional [N, ...] 0/1 mask of observed entries of x_train (None: all).
+      observed: optional [B, ...] 0/1 mask of observed entries of x (None: all).
+      missing_distance: "expected" or "shared", the masked distance (see above).
 
     Returns:
       AnomalyScores with scores [B] and maps None.
     """
-    x_train = _check_x(x_train, "x_train")
-    x = _check_x(x)
+    if observed_train is not None:
+        observed_train = _check_observed(observed_train, x_train, "observed_train")
+    if observed is not None:
+        observed = _check_observed(observed, x, "observed")
+    x_train = _check_x(x_train, "x_train", allow_nonfinite=observed_train)
+    x = _check_x(x, allow_nonfinite=observed)
+    _check_choice(missing_distance, "missing_distance", ("expected", "shared"))
+    masked = not ((observed_train is None or _all_observed(observed_train))
+                  and (observed is None or _all_observed(observed)))
     if x_train.shape[1:] != x.shape[1:]:
         raise ValueError(
             f"x must have the trailing shape of x_train {tuple(x_train.shape[1:])}; "
             f"got {tuple(x.shape[1:])}")
-    _check_choice(statistic, "statistic", _DTE_STATISTICS)
+    _check_choice(statistic, "statistic", _DTE_STATISTICS + ("distance",))
     _check_choice(target, "target", _DTE_TARGETS)
     k = _check_positive_int(k, "k")
     num_steps = _check_positive_int(num_steps, "num_steps", 2)
@@ -436,11 +541,29 @@ def dte_nonparametric(
 
     flat_train = x_train.reshape(x_train.shape[0], -1)
     flat_x = x.reshape(x.shape[0], -1)
-    d2 = _knn_sq_dists(flat_train, flat_x, k_used, query_batch=query_batch,
-                       train_batch=train_batch)
+    if not masked:
+        d2 = _knn_sq_dists(flat_train, flat_x, k_used, query_batch=query_batch,
+                           train_batch=train_batch)
+    else:
+        ones = lambda a: jnp.ones(a.shape, a.dtype)
+        o_tr = (ones(flat_train) if observed_train is None
+                else (observed_train.reshape(flat_train.shape) != 0).astype(flat_train.dtype))
+        o_x = ones(flat_x) if observed is None else (observed.reshape(flat_x.shape) != 0).astype(flat_x.dtype)
+        flat_train = jnp.where(o_tr > 0, flat_train, 0.0)
+        flat_x = jnp.where(o_x > 0, flat_x, 0.0)
+        cnt = jnp.maximum(jnp.sum(o_tr, axis=0), 1.0)
+        col_mean = jnp.sum(flat_train, axis=0) / cnt
+        col_var = jnp.sum(o_tr * (flat_train - col_mean) ** 2, axis=0) / cnt
+        d2 = _knn_masked_sq_dists(flat_train, o_tr, flat_x, o_x, k_used, mode=missing_distance,
+                                  col_mean=col_mean, col_var=col_var, query_batch=query_batch,
+                                  train_batch=train_batch)
+        fallback = 2.0 * jnp.sum(col_var)
+        d2 = jnp.where(jnp.isfinite(d2), d2, fallback)
     if exclude_self:
         d2 = d2[:, 1:]
     m = jnp.mean(d2, axis=-1)  # [B]
+    if statistic == "distance":
+        return AnomalyScores(scores=m, maps=None)
     log_post = -0.5 * dim * jnp.log(var)[None] - 0.5 * m[:, None] / var[None]  # [B, num_steps]
     values = times if target == "time" else jnp.sqrt(var)
     if statistic == "mode":

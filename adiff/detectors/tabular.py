@@ -17,10 +17,32 @@ Scoring paradigms (`scoring=`):
 
 Missing values: entries that are NaN/None/pd.NA are masked; the score network sees the mask as a
 conditioning input and the DSM loss ignores masked entries; random feature masking during training
-(`mask_rate`) teaches it to cope with them.
+(`mask_rate`) teaches it to cope with them. "dte_np" uses a masked k-NN distance
+(`adiff.scoring.dte_nonparametric`, missing_distance="expected"): over the entries the query row
+observes, rescaled by D / (their number); where the reference row misses an entry, the expected
+squared difference under that column's training distribution replaces it. With nothing missing it
+is the plain Euclidean distance (the same code path, bit-identical scores). Zero-filling, the
+behaviour before, makes normal rows with gaps look anomalous when columns are correlated; the
+"shared entries only" distance (D / shared count) favours references that miss exactly the
+query's deviating columns (measured in tests/tabular_test.py).
+
+Robust (unsupervised) mode, `robust=True`, for training data contaminated by anomalies; a share
+`robust_fraction` (default `contamination`) of the training rows is treated as suspect:
+- network paradigms (score network, DTE classifier): loss trimming. The first ROBUST_WARMUP of
+  the steps train on the plain mean loss (warm-up + constant learning rate); the rest (cosine
+  decay, fresh optimiser state) drop the `robust_fraction` largest per-sample losses of every
+  batch from the mean.
+- "dte_np" (and its part of "ensemble"): rejection of the k-NN reference set. Every training row
+  is scored leave-one-out by its mean squared (masked) distance to its k_r nearest rows of a
+  reference sample R (all rows, or ROBUST_SAMPLE random ones), with k_r = max(k, ceil(2 *
+  robust_fraction * |R|)) (capped at |R| - 1): a k_r that large reaches past a clustered group
+  of anomalies of that share, which a small k does not (its members are each other's
+  neighbours). The top `robust_fraction` rows are dropped from the reference set; scoring then
+  uses the k nearest kept rows. Training scores stay leave-one-out for kept rows.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -37,6 +59,11 @@ from adiff.training import trainer
 SCORINGS = ("dte", "dte_np", "reconstruction", "density", "score_norm", "imputation", "ensemble")
 _NEEDS_SCORE_MODEL = ("reconstruction", "density", "score_norm", "imputation", "ensemble")
 _NEEDS_DTE_MODEL = ("dte", "ensemble")
+
+# Robust mode: share of steps trained on the plain loss before trimming starts, and the size of the
+# reference sample used to score training rows for rejection ("dte_np").
+ROBUST_WARMUP = 0.25
+ROBUST_SAMPLE = 2000
 
 # DTE's discrete schedule (linear betas 1e-4 -> 1e-2 over T = 400 steps) as a continuous VP SDE.
 DTE_SDE = sde_lib.VPSDE(beta_min=0.04, beta_max=4.0)
@@ -70,6 +97,14 @@ class TabularDetector(BaseDetector):
         missing data); 0 disables.
       score_batch_size: fixed batch size for scoring (memory stays flat in N).
       verbose: print training progress.
+      robust: unsupervised mode for contaminated training data (loss trimming for the networks,
+        rejection of the k-NN reference set for "dte_np"; see the module docstring).
+      robust_fraction: share of training rows treated as anomalous in robust mode, in (0, 0.5];
+        None uses `contamination`.
+      missing_distance: k-NN distance of "dte_np" with missing entries: "expected" (default),
+        "shared" (see `adiff.scoring.dte_nonparametric`) or "zero" (zero-filled encoded values,
+        i.e. mean imputation of standardised numerics; the behaviour before masks). No effect
+        when nothing is missing.
     """
 
     def __init__(self, *, scoring: str = "dte_np", contamination: float = 0.1, seed: int = 0,
@@ -78,7 +113,9 @@ class TabularDetector(BaseDetector):
                  dropout: float = 0.5, train_steps: int = 2000, batch_size: int = 256,
                  learning_rate: float = 1e-3, weight_decay: float = 0.0,
                  t0: Sequence[float] = (0.1, 0.3), solver_steps: int = 10, k: int = 5,
-                 mask_rate: float = 0.0, score_batch_size: int = 2048, verbose: bool = False):
+                 mask_rate: float = 0.0, score_batch_size: int = 2048, verbose: bool = False,
+                 robust: bool = False, robust_fraction: float | None = None,
+                 missing_distance: str = "expected"):
         self.scoring = scoring
         self.contamination = contamination
         self.seed = seed
@@ -98,6 +135,9 @@ class TabularDetector(BaseDetector):
         self.mask_rate = mask_rate
         self.score_batch_size = score_batch_size
         self.verbose = verbose
+        self.robust = robust
+        self.robust_fraction = robust_fraction
+        self.missing_distance = missing_distance
 
     # -- validation / preprocessing ------------------------------------------------------------
     def _check_params(self) -> None:
@@ -111,6 +151,39 @@ class TabularDetector(BaseDetector):
         validation.check_fraction(self.dropout, name="dropout", low=0.0, high=0.9, inclusive_low=True)
         if not self.t0 or any(not 0.0 < float(t) <= 1.0 for t in self.t0):
             raise ValueError(f"t0 must be a non-empty sequence of times in (0, 1], got {self.t0!r}")
+        if not isinstance(self.robust, (bool, np.bool_)):
+            raise TypeError(f"robust must be a bool, got {type(self.robust).__name__} {self.robust!r}")
+        validation.check_choice(self.missing_distance, ("expected", "shared", "zero"), name="missing_distance")
+        if self.robust_fraction is not None:
+            validation.check_fraction(self.robust_fraction, name="robust_fraction", low=0.0, high=0.5)
+
+    def _robust_share(self) -> float:
+        return float(self.contamination if self.robust_fraction is None else self.robust_fraction)
+
+    def _reduce_loss(self, per_sample):
+        """Plain mean (robust=False) or the mean of the (1 - robust_fraction) smallest losses."""
+        b = per_sample.shape[0]
+        n_keep = max(1, b - int(round(self._robust_share() * b)))
+        neg, _ = jax.lax.top_k(-per_sample, n_keep)
+        return -jnp.mean(neg)
+
+    def _train(self, make_loss, params, data, seed_offset: int):
+        """trainer.fit with `make_loss(trim: bool)`; robust: plain warm-up phase, then trimming."""
+        cfg = self._train_config(len(data["x"]), seed_offset)
+        if not self.robust:
+            return trainer.fit(make_loss(False), params, data, config=cfg, progress=self.verbose).state
+        warm = int(ROBUST_WARMUP * cfg.num_steps)
+        rest = cfg.num_steps - warm
+        if warm > 0:
+            c1 = dataclasses.replace(cfg, num_steps=warm, schedule="constant",
+                                     warmup_steps=min(cfg.warmup_steps, warm),
+                                     log_every=max(1, warm // 2), checkpoint_every=warm)
+            params = trainer.fit(make_loss(False), params, data, config=c1, progress=self.verbose).state.params
+        if rest == 0:
+            raise ValueError(f"train_steps={self.train_steps} leaves no step for loss trimming")
+        c2 = dataclasses.replace(cfg, num_steps=rest, warmup_steps=min(cfg.warmup_steps, rest // 10),
+                                 log_every=max(1, rest // 4), checkpoint_every=rest, seed=cfg.seed + 1000)
+        return trainer.fit(make_loss(True), params, data, config=c2, progress=self.verbose).state
 
     def _score_chunk_rows(self) -> int:
         # Rows are independent: encode and score 16 scoring batches at a time (flat memory in N).
@@ -149,19 +222,20 @@ class TabularDetector(BaseDetector):
         params = net.init(jax.random.key(self.seed), jnp.zeros((1, d)), jnp.zeros((1,)), jnp.zeros((1, d)))
         mask_rate = float(self.mask_rate)
 
-        def loss_fn(p, batch, key):
-            k_mask, k_loss = jax.random.split(key)
-            obs = batch["obs"]
-            if mask_rate > 0:
-                keep = jax.random.bernoulli(k_mask, 1.0 - mask_rate, obs.shape).astype(obs.dtype)
-                obs = obs * keep
-            model_fn = lambda x, t: net.apply(p, x * obs, t, obs)
-            out = losses.dsm_loss(model_fn, sde, batch["x"], k_loss, parameterization="eps", mask=obs)
-            return out.loss, {}
+        def make_loss(trim: bool):
+            def loss_fn(p, batch, key):
+                k_mask, k_loss = jax.random.split(key)
+                obs = batch["obs"]
+                if mask_rate > 0:
+                    keep = jax.random.bernoulli(k_mask, 1.0 - mask_rate, obs.shape).astype(obs.dtype)
+                    obs = obs * keep
+                model_fn = lambda x, t: net.apply(p, x * obs, t, obs)
+                out = losses.dsm_loss(model_fn, sde, batch["x"], k_loss, parameterization="eps", mask=obs)
+                return (self._reduce_loss(out.per_sample) if trim else out.loss), {}
+            return loss_fn
 
-        res = trainer.fit(loss_fn, params, {"x": values, "obs": observed},
-                          config=self._train_config(len(values), 0), progress=self.verbose)
-        return res.state.ema_params
+        state = self._train(make_loss, params, {"x": values, "obs": observed}, 0)
+        return state.ema_params
 
     def _fit_dte_model(self, values: np.ndarray, observed: np.ndarray):
         net = self._dte_net()
@@ -169,20 +243,21 @@ class TabularDetector(BaseDetector):
         params = net.init(jax.random.key(self.seed + 1), jnp.zeros((1, d)), jnp.zeros((1, d)))
         num_bins = self.num_bins
 
-        def loss_fn(p, batch, key):
-            k_t, k_z, k_drop = jax.random.split(key, 3)
-            x0, obs = batch["x"], batch["obs"]
-            t = jax.random.uniform(k_t, (x0.shape[0],))
-            sigma = DTE_SDE.sigma(t)[:, None]
-            x = (x0 + sigma * jax.random.normal(k_z, x0.shape)) * obs
-            logits = net.apply(p, x, obs, train=True, rngs={"dropout": k_drop})
-            target = jnp.clip(jnp.floor(t * num_bins).astype(jnp.int32), 0, num_bins - 1)
-            loss = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=1))
-            return loss, {}
+        def make_loss(trim: bool):
+            def loss_fn(p, batch, key):
+                k_t, k_z, k_drop = jax.random.split(key, 3)
+                x0, obs = batch["x"], batch["obs"]
+                t = jax.random.uniform(k_t, (x0.shape[0],))
+                sigma = DTE_SDE.sigma(t)[:, None]
+                x = (x0 + sigma * jax.random.normal(k_z, x0.shape)) * obs
+                logits = net.apply(p, x, obs, train=True, rngs={"dropout": k_drop})
+                target = jnp.clip(jnp.floor(t * num_bins).astype(jnp.int32), 0, num_bins - 1)
+                nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=1)
+                return (self._reduce_loss(nll[:, 0]) if trim else jnp.mean(nll)), {}
+            return loss_fn
 
-        cfg = self._train_config(len(values), 1)
-        res = trainer.fit(loss_fn, params, {"x": values, "obs": observed}, config=cfg, progress=self.verbose)
-        return res.state.params
+        state = self._train(make_loss, params, {"x": values, "obs": observed}, 1)
+        return state.params
 
     def _fit(self, data, y=None) -> None:
         values, observed = data
@@ -194,12 +269,61 @@ class TabularDetector(BaseDetector):
             self.model_["dte"] = self._fit_dte_model(values, observed)
         self.train_values_ = values  # kept for the non-parametric DTE (k-NN) and normalisers
         self.train_observed_ = observed
+        self.reference_keep_ = None  # robust "dte_np": which training rows stay in the reference set
+        if self.robust and self.scoring in ("dte_np", "ensemble"):
+            self.reference_keep_ = self._reject(values, observed)
         self._scorers = {}
         if self.scoring == "ensemble":
             self.normalizers_ = {}
             for name in ("dte", "dte_np", "reconstruction"):
                 self.normalizers_[name] = scoring.fit_normalizer(
                     self._paradigm(name, values, observed, training=True), method="rank")
+
+    def _masks(self, observed_train: np.ndarray, observed: np.ndarray) -> dict:
+        """Keyword arguments of dte_nonparametric for the configured missing_distance."""
+        if self.missing_distance == "zero":
+            return {}  # encoded values are already 0 where missing
+        return dict(observed_train=observed_train, observed=observed, missing_distance=self.missing_distance)
+
+    def _reject(self, values: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        """Robust "dte_np": bool [N], False for the robust_fraction most isolated training rows."""
+        n = len(values)
+        n_drop = int(round(self._robust_share() * n))
+        keep = np.ones(n, bool)
+        if n_drop == 0:
+            return keep
+        rng = np.random.RandomState(self.seed)
+        ref = np.sort(rng.choice(n, ROBUST_SAMPLE, replace=False)) if n > ROBUST_SAMPLE else np.arange(n)
+        m = len(ref)
+        k_r = int(min(m - 1, max(self.k, int(np.ceil(2.0 * self._robust_share() * m)))))
+        masks = self._masks
+        knn = lambda q, excl: np.asarray(scoring.dte_nonparametric(
+            values[ref], values[q], k=k_r, statistic="distance", exclude_self=excl,
+            **masks(observed[ref], observed[q])).scores)
+        score = np.empty(n)
+        score[ref] = knn(ref, True)  # leave-one-out for the rows of the reference sample
+        rest = np.setdiff1d(np.arange(n), ref)
+        if len(rest):
+            score[rest] = knn(rest, False)
+        keep[np.argsort(-score, kind="stable")[:n_drop]] = False
+        return keep
+
+    def _dte_np(self, values: np.ndarray, observed: np.ndarray, training: bool) -> np.ndarray:
+        keep = getattr(self, "reference_keep_", None)
+        ref_v, ref_o = self.train_values_, self.train_observed_
+        if keep is not None:
+            ref_v, ref_o = ref_v[keep], ref_o[keep]
+        run = lambda v, o, excl: np.asarray(scoring.dte_nonparametric(
+            ref_v, v, k=self.k, exclude_self=excl, **self._masks(ref_o, o)).scores)
+        if not training or keep is None:
+            return run(values, observed, training)
+        # Training rows: leave-one-out for the kept rows (they are in the reference set); the
+        # rejected rows are not, so they are scored like new rows.
+        out = np.empty(len(values), np.float32)
+        out[keep] = run(values[keep], observed[keep], True)
+        if (~keep).any():
+            out[~keep] = run(values[~keep], observed[~keep], False)
+        return out
 
     # -- scoring ------------------------------------------------------------------------------
     def _jitted(self, name: str):
@@ -268,8 +392,7 @@ class TabularDetector(BaseDetector):
         if name == "dte_np":
             # On the training rows themselves each row is its own nearest neighbour: leave it
             # out (as PyOD's KNN does), or decision_scores_ and threshold_ come out too low.
-            return np.asarray(scoring.dte_nonparametric(self.train_values_, values, k=self.k,
-                                                        exclude_self=training).scores)
+            return self._dte_np(values, observed, training)
         params = self.model_["dte" if name == "dte" else "score"]
         res = self._batched(self._jitted(name), params, values, observed)
         if name == "reconstruction":  # per-entry maps -> error over observed entries
@@ -296,6 +419,8 @@ class TabularDetector(BaseDetector):
                   "nets": jax.tree.map(np.asarray, self.model_)}
         if self.scoring == "ensemble":
             arrays["normalizers"] = {k: jax.tree.map(np.asarray, v) for k, v in self.normalizers_.items()}
+        if getattr(self, "reference_keep_", None) is not None:
+            arrays["reference_keep"] = self.reference_keep_.astype(np.float32)
         return meta, arrays
 
     def _abstract_arrays(self, meta):
@@ -314,6 +439,8 @@ class TabularDetector(BaseDetector):
         if self.scoring == "ensemble":
             tree["normalizers"] = {k: jax.eval_shape(lambda: scoring.fit_normalizer(np.zeros(n), method="rank"))
                                    for k in ("dte", "dte_np", "reconstruction")}
+        if self.robust and self.scoring in ("dte_np", "ensemble"):
+            tree["reference_keep"] = jax.ShapeDtypeStruct((n,), np.float32)
         return tree
 
     def _import(self, meta, arrays):
@@ -322,6 +449,7 @@ class TabularDetector(BaseDetector):
         self.train_values_ = np.asarray(arrays["train_values"], np.float32)
         self.train_observed_ = np.asarray(arrays["train_observed"], np.float32)
         self.model_ = {k: jax.tree.map(jnp.asarray, v) for k, v in arrays["nets"].items()}
+        self.reference_keep_ = (np.asarray(arrays["reference_keep"]) > 0.5) if "reference_keep" in arrays else None
         if "normalizers" in arrays:
             self.normalizers_ = {k: jax.tree.map(jnp.asarray, v) for k, v in arrays["normalizers"].items()}
         self._scorers = {}
