@@ -17,6 +17,7 @@ import numpy as np
 import adiff
 from adiff import metrics
 from adiff.data.tabular import load_adbench_npz, load_odds_mat, semisupervised_split
+from experiments.modality_job import detector_kwargs, save_detector
 
 
 def load_tabular(dataset: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -92,8 +93,7 @@ def evaluate_tabular(config, workdir: str) -> Dict:
     wd.mkdir(parents=True, exist_ok=True)
     X, y = load_tabular(config.dataset)
     seeds = tuple(config.seeds) if config.get("seeds") else (config.seed,)
-    det_kwargs = dict(config.detector)
-    det_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in det_kwargs.items()}
+    det_kwargs = detector_kwargs(config)
     results = {"dataset": config.dataset, "n_rows": int(len(X)), "n_features": int(X.shape[1]),
                "anomaly_rate": float(y.mean()), "protocol": "semi-supervised, half of normal rows train",
                "detector": det_kwargs, "seeds": {}}
@@ -121,11 +121,7 @@ def evaluate_tabular(config, workdir: str) -> Dict:
         results["seeds"][str(seed)] = row
         if seed == seeds[0]:
             _plots(wd, y_te, scores, f"{config.dataset} (seed {seed})")
-            det_dir = wd / "detector"
-            if det_dir.exists():
-                import shutil
-                shutil.rmtree(det_dir)
-            det.save(det_dir)
+            save_detector(det, wd)
     writer.close()
     names = list(results["seeds"][str(seeds[0])])
     results["summary"] = {
@@ -147,13 +143,9 @@ def train_tabular(config, workdir: str) -> None:
     """Fits the configured TabularDetector on all rows labelled normal (or all rows when the
     dataset has no anomalies) and saves it to workdir/detector."""
     X, y = load_tabular(config.dataset)
-    det_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.detector).items()}
-    det = adiff.TabularDetector(seed=config.seed, **det_kwargs).fit(X[y == 0] if (y == 0).any() else X)
-    out = pathlib.Path(workdir) / "detector"
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    det.save(out)
+    det = adiff.TabularDetector(seed=config.seed, **detector_kwargs(config)).fit(
+        X[y == 0] if (y == 0).any() else X)
+    out = save_detector(det, workdir)
     print(f"fitted on {int((y == 0).sum())} normal rows; saved {out}")
 
 

@@ -45,7 +45,7 @@ def train_score_model(config, workdir: str) -> None:
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
 
-    from adiff import analytic, losses, nets, parameterization, solvers  # pylint: disable=import-outside-toplevel
+    from adiff import analytic, losses, nets, parameterization, sharding, solvers  # pylint: disable=import-outside-toplevel
     from adiff import sde as sde_lib  # pylint: disable=import-outside-toplevel
     from adiff import training  # pylint: disable=import-outside-toplevel
 
@@ -74,8 +74,13 @@ def train_score_model(config, workdir: str) -> None:
         out = losses.dsm_loss(apply, vp, x, key_loss, parameterization=kind)
         return out.loss, {}
 
-    result = training.fit(loss_fn, params, data, config=train_cfg, workdir=workdir)
+    # Data-parallel over every device (all processes' with --multihost): each process feeds its
+    # slice of every global batch; a single device trains without a mesh.
+    mesh = sharding.make_mesh() if jax.device_count() > 1 else None
+    result = training.fit(loss_fn, params, data, config=train_cfg, workdir=workdir, mesh=mesh)
     p_final = result.state.ema_params if sample_cfg.use_ema else result.state.params
+    if mesh is not None:  # replicated global arrays -> host copies; sampling then runs locally
+        p_final = jax.tree.map(np.asarray, p_final)
     model_fn = lambda x, t: model.apply({"params": p_final}, x, t)
     shape = (sample_cfg.num_samples, 2)
 
@@ -91,7 +96,12 @@ def train_score_model(config, workdir: str) -> None:
         "sample_median_true_logp": float(np.median(np.asarray(mixture.log_prob(samples)))),
         "data_median_true_logp": float(np.median(np.asarray(mixture.log_prob(ref)))),
         "sampler": f"adiff.solvers.sample(method={sample_cfg.method!r})",
+        "params_sha256": training.tree_sha256(result.state.params),
+        "process_count": jax.process_count(),
+        "written_by_process": jax.process_index(),
     }
+    if jax.process_index() != 0:  # only process 0 writes results and plots
+        return
     with open(os.path.join(workdir, "sample_metrics.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
 
@@ -111,3 +121,4 @@ def train_score_model(config, workdir: str) -> None:
     plt.close(fig)
     logging.info("train: %s", summary)
     print(json.dumps(summary), flush=True)
+    print(f"wrote {os.path.join(workdir, 'sample_metrics.json')} and samples.png", flush=True)

@@ -39,3 +39,177 @@ def test_evaluate_then_score(tmp_path):
           f"--input={tmp_path / 'rows.npz'}"], tmp_path)
     scores = np.loadtxt(wd / "scores.csv", delimiter=",", skiprows=1)
     assert scores.shape == (20, 2) and np.isfinite(scores).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# time series, image, video and multimodal kinds (in process, tiny configs, few training steps)
+# ------------------------------------------------------------------------------------------------
+def _tiny(module: str, **detector):
+    import importlib
+    cfg = importlib.import_module(f"experiments.configs.{module}").get_config()
+    cfg.detector.update(detector)
+    return cfg
+
+
+def _launch(mode, cfg, wd, **kw):
+    from experiments import main
+    return main.run(mode, cfg, str(wd), **kw)
+
+
+def _check_outputs(wd, seeds):
+    m = json.loads((wd / "metrics.json").read_text())
+    assert sorted(m["seeds"]) == sorted(str(s) for s in seeds)
+    assert (wd / "scores_vs_labels.png").stat().st_size > 5000
+    assert (wd / "detector" / "adiff.json").is_file()
+    saved = np.load(wd / "scores.npz")
+    assert saved["scores"].shape == saved["labels"].shape and np.isfinite(saved["scores"]).all()
+    return m
+
+
+def test_timeseries_benchmark_then_score(tmp_path):
+    from experiments.benchmarks import timeseries as bench
+    cfg = _tiny("ts_tiny", train_steps=20, num_blocks=1, dilations=(1,), num_levels=1)
+    cfg.paradigms, cfg.baselines, cfg.seeds = ("imputation",), ("KNN",), (1,)
+    wd = tmp_path / "ts"
+    _launch("benchmark", cfg, wd)  # runs config.seeds (here seed 1), not config.seed
+    m = _check_outputs(wd, [1])
+    row = m["seeds"]["1"]
+    assert set(row) == {"adiff-imputation", "KNN"}
+    assert set(row["KNN"]) >= {"vus_pr", "auc_pr", "auroc", "best_f1", "pa_f1"}
+    # The figures are the benchmark's metric code on the saved scores.
+    split = bench.synthetic_series(1)
+    saved = np.load(wd / "scores.npz")
+    from adiff import metrics
+    ref = bench.series_metrics(split.labels, saved["scores"], metrics.vus_window(split.test))
+    assert abs(ref["vus_pr"] - row["adiff-imputation"]["vus_pr"]) < 1e-12
+    assert m["summary"]["KNN"]["auroc"][0] == row["KNN"]["auroc"]
+    # The synthetic spike and level shift are easy: the window KNN baseline finds them.
+    assert row["KNN"]["auroc"] > 0.9
+    np.savez(tmp_path / "series.npz", X=split.test[:300])
+    s = _launch("score", cfg, wd, input_path=str(tmp_path / "series.npz"))
+    out = np.loadtxt(wd / "scores.csv", delimiter=",", skiprows=1)
+    assert out.shape == (300, 2) and np.allclose(out[:, 0], s)
+
+
+def test_video_train_then_score(tmp_path):
+    cfg = _tiny("video_tiny", train_steps=20, channel_mults=(1,))
+    wd = tmp_path / "video"
+    _launch("train", cfg, wd)
+    assert (wd / "detector" / "adiff.json").is_file() and not (wd / "metrics.json").exists()
+    from adiff.data import video as video_data
+    _, test = video_data.procedural_benchmark(0, num_train=1, num_test=1, num_frames=cfg.num_frames,
+                                              size=cfg.size)
+    np.savez(tmp_path / "clips.npz", X=np.stack(test.clips[:2]))  # [N, T, H, W, C]
+    scores = _launch("score", cfg, wd, input_path=str(tmp_path / "clips.npz"))
+    out = np.loadtxt(wd / "scores.csv", delimiter=",", skiprows=1)
+    assert len(scores) == 2 and out.shape == (2 * cfg.num_frames, 4)
+    np.testing.assert_array_equal(out[:, 0], np.repeat([0, 1], cfg.num_frames))
+    np.testing.assert_allclose(out[:, 2], np.concatenate(scores))
+
+
+@pytest.mark.data
+def test_image_evaluate_then_score(tmp_path, shared_data):
+    cfg = _tiny("image_tiny", train_steps=20, channel_mults=(1,))
+    cfg.baselines = ("KNN",)
+    wd = tmp_path / "image"
+    _launch("evaluate", cfg, wd)
+    m = _check_outputs(wd, [cfg.seed])
+    adiff_row = m["seeds"]["0"]["adiff"]
+    assert {"image_auroc", "pixel_auroc", "aupro"} <= set(adiff_row)
+    assert 0.0 <= adiff_row["pixel_auroc"] <= 1.0 and set(m["seeds"]["0"]) == {"adiff", "KNN"}
+    x = np.zeros((3, cfg.size, cfg.size, 1), np.uint8)
+    x[1, 4:9, 4:9] = 255  # a bright square on a black image
+    np.savez(tmp_path / "images.npz", X=x)
+    s = _launch("score", cfg, wd, input_path=str(tmp_path / "images.npz"))
+    assert s.shape == (3,) and np.isfinite(s).all()
+
+
+@pytest.mark.data
+def test_multimodal_evaluate_then_score(tmp_path, shared_data):
+    cfg = _tiny("multimodal_tiny", encoder_steps=20, diffusion_steps=20, gate_steps=10,
+                num_blocks=1)
+    wd = tmp_path / "mm"
+    _launch("evaluate", cfg, wd)
+    m = _check_outputs(wd, [cfg.seed])
+    row = m["seeds"]["0"]
+    assert {"adiff early", "adiff late", "adiff dynamic", "KNN concat"} <= set(row)
+    kinds = row["adiff dynamic"]["auroc_by_kind"]
+    assert len(kinds) >= 2 and all(0.0 <= v <= 1.0 for v in kinds.values())
+    from experiments.benchmarks import multimodal as bench
+    split = bench.load_split(cfg, shared_data, cfg.seed)
+    np.savez(tmp_path / "mm.npz", **{k: v[:5] for k, v in split.test.items()})
+    s = _launch("score", cfg, wd, input_path=str(tmp_path / "mm.npz"))
+    assert s.shape == (5,) and np.isfinite(s).all()
+    np.savez(tmp_path / "bad.npz", X=split.test["image"][:5])
+    with pytest.raises(ValueError, match="one array per modality"):
+        _launch("score", cfg, wd, input_path=str(tmp_path / "bad.npz"))
+
+
+def test_unknown_kind_and_missing_input(tmp_path):
+    from absl import app
+    cfg = _tiny("video_tiny")
+    cfg.kind = "audio"
+    with pytest.raises(app.UsageError, match="unknown config kind 'audio'"):
+        _launch("evaluate", cfg, tmp_path)
+    cfg.kind = "video"
+    with pytest.raises(app.UsageError, match="--input"):
+        _launch("score", cfg, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# --multihost: two processes over loopback vs one process with two devices
+# ------------------------------------------------------------------------------------------------
+_GMM_TINY = ["--config=experiments/configs/gmm2d.py", "--mode=train",
+             "--config.train.num_steps=16", "--config.train.warmup_steps=4",
+             "--config.train.batch_size=32", "--config.train.log_every=8",
+             "--config.train.checkpoint_every=16", "--config.data.num_samples=256",
+             "--config.model.features=16", "--config.model.num_blocks=1",
+             "--config.model.time_dim=16", "--config.sample.num_samples=32",
+             "--config.sample.num_steps=2"]
+
+
+@pytest.mark.slow
+def test_multihost_two_processes_match_one(tmp_path):
+    import jax
+    import socket
+    if "jax_cpu_collectives_implementation" not in jax.config.values:
+        pytest.skip("this jax has no CPU multi-process collectives option")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    cmds = [[sys.executable, "-m", "experiments.main", *_GMM_TINY, f"--workdir={tmp_path / 'multi'}",
+             "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+             f"--process_id={i}"] for i in range(2)]
+    # The reference: one process, two CPU devices, the same global batch and mesh shape.
+    cmds.append([sys.executable, "-m", "experiments.main", *_GMM_TINY,
+                 f"--workdir={tmp_path / 'single'}"])
+    envs = [env, env, dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")]
+    procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c, e in zip(cmds, envs)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    multi = json.loads((tmp_path / "multi" / "sample_metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "sample_metrics.json").read_text())
+    assert multi["process_count"] == 2 and multi["written_by_process"] == 0
+    assert single["process_count"] == 1
+    # Only process 0 wrote results and plots; both trained.
+    assert "wrote " in logs[0] and "wrote " not in logs[1] and "workdir:" not in logs[1]
+    assert (tmp_path / "multi" / "samples.png").is_file()
+    final_multi = json.loads((tmp_path / "multi" / "final_metrics.json").read_text())
+    final_single = json.loads((tmp_path / "single" / "final_metrics.json").read_text())
+    assert final_multi["step"] == final_single["step"] == 16
+    # Bit-identical final parameters (two-way all-reduce sums are order-independent).
+    assert final_multi["params_sha256"] == final_single["params_sha256"] == multi["params_sha256"]
+    assert final_multi["ema_params_sha256"] == final_single["ema_params_sha256"]

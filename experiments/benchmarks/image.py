@@ -39,28 +39,79 @@ from experiments.configs import image_magnetic_tile, image_mnist
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "image"
 
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script, minutes).")
-_SIZE = flags.DEFINE_integer("size", 32, "Magnetic tile side in pixels (<= 64 on this CPU).")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the Magnetic-tile split/training.")
-_STEPS = flags.DEFINE_integer("train_steps", 1500, "Training steps of every Magnetic-tile model.")
-_DIGITS = flags.DEFINE_list("digits", ["0", "1", "2", "3", "4"], "MNIST normal digits to run.")
-_MNIST_STEPS = flags.DEFINE_integer("mnist_train_steps", 400, "Training steps per MNIST model.")
-_MNIST_PER_CLASS = flags.DEFINE_integer(
-    "mnist_test_per_class", 0, "Cap on test images per anomalous digit (0 = all of them).")
-_SUBSET = flags.DEFINE_integer("steps_subset", 64, "Test images for the steps/throughput table.")
-_SDE_STEPS = flags.DEFINE_integer("sde_steps", 1000, "Steps of the reference reverse-SDE solver.")
-_OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "image.md"), "Results file.")
-_SKIP_MNIST = flags.DEFINE_bool("skip_mnist", False, "Only Magnetic tile.")
+_QUICK = None
+_SIZE = None
+_SEEDS = None
+_STEPS = None
+_DIGITS = None
+_MNIST_STEPS = None
+_MNIST_PER_CLASS = None
+_SUBSET = None
+_SDE_STEPS = None
+_OUT = None
+_SKIP_MNIST = None
+
+
+def define_flags() -> None:
+    """Defines the script's command-line flags (only when run as a script, so that the launcher
+    can import this module's functions next to the other benchmark modules)."""
+    # pylint: disable-next=global-statement
+    global _QUICK, _SIZE, _SEEDS, _STEPS, _DIGITS, _MNIST_STEPS, _MNIST_PER_CLASS, _SUBSET, \
+        _SDE_STEPS, _OUT, _SKIP_MNIST
+    _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script, minutes).")
+    _SIZE = flags.DEFINE_integer("size", 32, "Magnetic tile side in pixels (<= 64 on this CPU).")
+    _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the Magnetic-tile split/training.")
+    _STEPS = flags.DEFINE_integer("train_steps", 1500, "Training steps of every Magnetic-tile model.")
+    _DIGITS = flags.DEFINE_list("digits", ["0", "1", "2", "3", "4"], "MNIST normal digits to run.")
+    _MNIST_STEPS = flags.DEFINE_integer("mnist_train_steps", 400, "Training steps per MNIST model.")
+    _MNIST_PER_CLASS = flags.DEFINE_integer(
+        "mnist_test_per_class", 0, "Cap on test images per anomalous digit (0 = all of them).")
+    _SUBSET = flags.DEFINE_integer("steps_subset", 64, "Test images for the steps/throughput table.")
+    _SDE_STEPS = flags.DEFINE_integer("sde_steps", 1000, "Steps of the reference reverse-SDE solver.")
+    _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "image.md"), "Results file.")
+    _SKIP_MNIST = flags.DEFINE_bool("skip_mnist", False, "Only Magnetic tile.")
 
 
 def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
+def _resolve(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    return path if path.is_absolute() else (REPO / path).resolve()
+
+
+def load_split(cfg, *, seed: int, size=None, normal_class=None, mnist=None) -> image_data.Split:
+    """The benchmark's train/test split for an image config (also the launcher's loader).
+
+    Args:
+      cfg: a config of experiments/configs/image_*.py: `dataset` "magnetic_tile" (with `data_dir`,
+        `size`, `train_fraction`) or "mnist" (with `images`, `labels`, `train_fraction`,
+        `normal_class`); relative paths are relative to the repository root.
+      seed: seed of the split.
+      size: Magnetic-tile side in pixels (default `cfg.size`).
+      normal_class: MNIST normal digit (default `cfg.normal_class`).
+      mnist: optional already loaded (images, labels) of the MNIST file pair.
+
+    Returns:
+      `adiff.data.image.Split` (train images, test ImageSet with labels and, for Magnetic tile,
+      masks).
+    """
+    if cfg.dataset == "magnetic_tile":
+        data = image_data.load_magnetic_tile(_resolve(cfg.data_dir), size=size or cfg.size)
+        return image_data.magnetic_tile_split(data, seed=seed, train_fraction=cfg.train_fraction)
+    if cfg.dataset == "mnist":
+        images, labels = mnist or image_data.load_mnist(_resolve(cfg.images), _resolve(cfg.labels))
+        digit = cfg.normal_class if normal_class is None else normal_class
+        return image_data.one_vs_rest_split(images, labels, normal_class=int(digit), seed=seed,
+                                            train_fraction=cfg.train_fraction)
+    raise ValueError(f"config.dataset must be 'magnetic_tile' or 'mnist', got {cfg.dataset!r}")
+
+
 # ------------------------------------------------------------------------------------------------
 # baselines
 # ------------------------------------------------------------------------------------------------
-def _head(maps: np.ndarray, *, sigma: float, topk: float) -> tuple[np.ndarray, np.ndarray]:
+def map_head(maps: np.ndarray, *, sigma: float, topk: float) -> tuple[np.ndarray, np.ndarray]:
     """The same map post-processing as adiff's: Gaussian blur, then the top-k mean."""
     m = np.asarray(_gaussian_blur(jnp.asarray(maps, jnp.float32), sigma))
     flat = m.reshape(len(m), -1)
@@ -149,8 +200,7 @@ def mean_sd(vals):
 # Magnetic tile
 # ------------------------------------------------------------------------------------------------
 def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure_dir: pathlib.Path):
-    data = image_data.load_magnetic_tile(DATA / "magnetic_tile", size=size)
-    split = image_data.magnetic_tile_split(data, seed=seed, train_fraction=cfg.train_fraction)
+    split = load_split(cfg, seed=seed, size=size)
     train, test = split.train, split.test
     log(f"MT seed {seed}: train {train.shape}, test {test.images.shape}, anomalous {test.labels.sum()}")
     base = dict(cfg.detector)
@@ -162,12 +212,12 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
     # -- baselines ------------------------------------------------------------------------
     t = time.perf_counter()
     err = pca_baseline(train, test.images)
-    s, m = _head(err, sigma=sigma, topk=topk)
+    s, m = map_head(err, sigma=sigma, topk=topk)
     rows["PCA reconstruction (95% var.)"] = evaluate(test, s, m)
     rows["KNN on pixels (k=5)"] = evaluate(test, knn_baseline(train, test.images))
     err, ae_rec = ae_baseline(train, test.images, steps=steps, batch_size=base["batch_size"],
                               lr=base["learning_rate"], seed=seed)
-    s, ae_maps = _head(err, sigma=sigma, topk=topk)
+    s, ae_maps = map_head(err, sigma=sigma, topk=topk)
     rows["Conv AE (same steps)"] = evaluate(test, s, ae_maps)
     log(f"baselines {time.perf_counter() - t:.0f}s", rows)
 
@@ -303,12 +353,10 @@ def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int):
 # ------------------------------------------------------------------------------------------------
 def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool):
     cfg = image_mnist.get_config()
-    images, labels = image_data.load_mnist(DATA / "mnist" / "t10k-images-idx3-ubyte.gz",
-                                           DATA / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    mnist = image_data.load_mnist(_resolve(cfg.images), _resolve(cfg.labels))
     out = {}
     for d in digits:
-        split = image_data.one_vs_rest_split(images, labels, normal_class=d, seed=seed,
-                                             train_fraction=cfg.train_fraction)
+        split = load_split(cfg, seed=seed, normal_class=d, mnist=mnist)
         test = split.test
         if per_class:
             rng = np.random.default_rng(seed)
@@ -446,4 +494,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

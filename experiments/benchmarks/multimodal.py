@@ -35,14 +35,22 @@ from adiff.detectors.multimodal import MultimodalDetector
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["multimodal_mnist", "multimodal_skab"], "experiments.configs modules to run.")
-flags.DEFINE_string("data_root", str(REPO.parent / "shared" / "data"), "Root of the shared benchmark data.")
-flags.DEFINE_string("out", str(REPO / "docs" / "results" / "multimodal.md"), "Markdown output.")
-flags.DEFINE_boolean("quick", False, "Tiny sizes (smoke test of the script, not a result).")
-flags.DEFINE_integer("seed", 0, "Seed (split, anomalies, networks).")
+DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 
 
-def _load(cfg, root: pathlib.Path, seed: int):
+def define_flags() -> None:
+    """Defines the script's command-line flags (only when run as a script, so that the launcher
+    can import this module's functions next to the other benchmark modules)."""
+    flags.DEFINE_list("configs", ["multimodal_mnist", "multimodal_skab"], "experiments.configs modules to run.")
+    flags.DEFINE_string("data_root", str(DEFAULT_DATA_ROOT), "Root of the shared benchmark data.")
+    flags.DEFINE_string("out", str(REPO / "docs" / "results" / "multimodal.md"), "Markdown output.")
+    flags.DEFINE_boolean("quick", False, "Tiny sizes (smoke test of the script, not a result).")
+    flags.DEFINE_integer("seed", 0, "Seed (split, anomalies, networks).")
+
+
+def load_split(cfg, root: pathlib.Path, seed: int):
+    """The benchmark's `MultimodalSplit` for a config (`benchmark` "mnist_captions" or
+    "skab_groups", `data` keyword arguments of the loader) under the shared data root."""
     if cfg.benchmark == "mnist_captions":
         return mmdata.load_mnist_captions(root / "image" / "mnist", seed=seed, **cfg.data.to_dict())
     if cfg.benchmark == "skab_groups":
@@ -50,7 +58,7 @@ def _load(cfg, root: pathlib.Path, seed: int):
     raise ValueError(f"unknown benchmark {cfg.benchmark!r}")
 
 
-def _features(split, modalities, seed):
+def knn_features(split, modalities, seed):
     """Per-modality flat features for the KNN baselines (fitted on training data)."""
     out = {}
     for k, kind in modalities.items():
@@ -68,12 +76,15 @@ def _features(split, modalities, seed):
     return out
 
 
-def _knn(tr, te, k=5):
+def knn_distance(tr, te, k=5):
+    """Mean distance of each test row to its k nearest training rows (the KNN baselines)."""
     nn = NearestNeighbors(n_neighbors=k).fit(tr)
     return nn.kneighbors(te)[0].mean(axis=1)
 
 
-def _auroc_by_kind(y, kinds, scores):
+def auroc_by_kind(y, kinds, scores):
+    """AUROC per anomaly kind: the normal test samples plus the samples of that kind (NaN scores
+    rank lowest)."""
     res = {}
     for kind in sorted(set(kinds) - {"normal"}):
         sel = (kinds == "normal") | (kinds == kind)
@@ -103,7 +114,7 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
             cfg.data = tiny.data
         else:
             cfg.data.train_stride, cfg.data.test_stride = 16, 64
-    split = _load(cfg, root, seed)
+    split = load_split(cfg, root, seed)
     modalities = dict(cfg.modalities)
     t0 = time.time()
     det = MultimodalDetector(modalities=modalities, fusion="dynamic", seed=seed, **cfg.detector.to_dict())
@@ -117,17 +128,17 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
             "adiff cross term": d.cross}
     for i, k in enumerate(modalities):
         rows[f"adiff unimodal {k}"] = d.unimodal[:, i]
-    feats = _features(split, modalities, seed)
+    feats = knn_features(split, modalities, seed)
     for k, (tr, te) in feats.items():
-        rows[f"KNN {k}"] = _knn(tr, te)
-    rows["KNN concat"] = _knn(np.concatenate([f[0] for f in feats.values()], 1),
-                              np.concatenate([f[1] for f in feats.values()], 1))
-    table = {r: _auroc_by_kind(y, kinds, s) for r, s in rows.items()}
+        rows[f"KNN {k}"] = knn_distance(tr, te)
+    rows["KNN concat"] = knn_distance(np.concatenate([f[0] for f in feats.values()], 1),
+                                      np.concatenate([f[1] for f in feats.values()], 1))
+    table = {r: auroc_by_kind(y, kinds, s) for r, s in rows.items()}
     miss_test = _drop(split.test, cfg.missing_key, modalities[cfg.missing_key], cfg.missing_fraction, seed)
     dm = det.decompose(miss_test)
     missing = {}
     for r, s in (("adiff early", dm.early), ("adiff late", dm.late), ("adiff dynamic", dm.dynamic)):
-        missing[r] = _auroc_by_kind(y, kinds, s)
+        missing[r] = auroc_by_kind(y, kinds, s)
     mean_w = {f"w_{k}": float(np.mean(d.weights[:, i])) for i, k in enumerate(modalities)}
     mean_w["w_cross"] = float(np.mean(d.weights[:, -1]))
     return {"name": name, "config": cfg.to_dict(), "n_train": int(len(next(iter(split.train.values())))),
@@ -175,4 +186,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

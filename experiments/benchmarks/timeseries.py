@@ -44,21 +44,26 @@ import numpy as np
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parents[2]
-flags.DEFINE_list("datasets", ["asd", "skab", "nab"], "Datasets to run (asd, skab, nab).")
-flags.DEFINE_string("data_dir", str(REPO.parent / "shared" / "data" / "timeseries"),
-                    "Directory holding asd/, skab/ and nab/.")
-flags.DEFINE_integer("max_entities", 12, "At most this many ASD entities / SKAB runs.")
-flags.DEFINE_integer("nab_max_series", 12, "At most this many NAB series (with anomalies in the "
-                     "test part), taken round-robin over the categories in name order.")
-flags.DEFINE_list("paradigms", ["imputation", "reconstruction"], "adiff scoring paradigms.")
-flags.DEFINE_list("baselines", ["IForest", "KNN", "PCA"], "Window baselines.")
-flags.DEFINE_integer("seed", 0, "Seed of the detector and the baselines.")
-flags.DEFINE_integer("window", None, "Override the config's window length L (detector and baselines).")
-flags.DEFINE_integer("train_steps", None, "Override the config's detector training steps.")
-flags.DEFINE_integer("channels", None, "Override the config's TemporalNet width.")
-flags.DEFINE_integer("max_baseline_windows", 3000, "Cap on baseline training windows.")
-flags.DEFINE_integer("scaling_steps", 0, "If > 0, score a synthetic series of this many steps.")
-flags.DEFINE_string("output", str(REPO / "docs" / "results" / "timeseries.md"), "Results file.")
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "timeseries"
+
+
+def define_flags() -> None:
+    """Defines the script's command-line flags (only when run as a script, so that the launcher
+    can import this module's functions next to the other benchmark modules)."""
+    flags.DEFINE_list("datasets", ["asd", "skab", "nab"], "Datasets to run (asd, skab, nab).")
+    flags.DEFINE_string("data_dir", str(DEFAULT_DATA_DIR), "Directory holding asd/, skab/ and nab/.")
+    flags.DEFINE_integer("max_entities", 12, "At most this many ASD entities / SKAB runs.")
+    flags.DEFINE_integer("nab_max_series", 12, "At most this many NAB series (with anomalies in the "
+                         "test part), taken round-robin over the categories in name order.")
+    flags.DEFINE_list("paradigms", ["imputation", "reconstruction"], "adiff scoring paradigms.")
+    flags.DEFINE_list("baselines", ["IForest", "KNN", "PCA"], "Window baselines.")
+    flags.DEFINE_integer("seed", 0, "Seed of the detector and the baselines.")
+    flags.DEFINE_integer("window", None, "Override the config's window length L (detector and baselines).")
+    flags.DEFINE_integer("train_steps", None, "Override the config's detector training steps.")
+    flags.DEFINE_integer("channels", None, "Override the config's TemporalNet width.")
+    flags.DEFINE_integer("max_baseline_windows", 3000, "Cap on baseline training windows.")
+    flags.DEFINE_integer("scaling_steps", 0, "If > 0, score a synthetic series of this many steps.")
+    flags.DEFINE_string("output", str(REPO / "docs" / "results" / "timeseries.md"), "Results file.")
 
 
 def _det_kwargs(dataset: str) -> dict:
@@ -96,19 +101,33 @@ def _per_step(window_scores: np.ndarray, starts: np.ndarray, length: int, n: int
     return acc / np.maximum(cnt, 1)
 
 
-def _baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int) -> np.ndarray:
-    stride = max(1, int(np.ceil((len(train) - length + 1) / FLAGS.max_baseline_windows)))
+def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int, *, seed: int,
+                    max_windows: int = 3000) -> np.ndarray:
+    """Per-step scores [T_test] of a window baseline ("IForest", "KNN" or "PCA").
+
+    Args:
+      name: the baseline.
+      train: [T_train, C] (z-scored) training series.
+      test: [T_test, C] (z-scored) test series.
+      length: window length L; windows are flattened to [L * C].
+      seed: seed of IForest / PCA.
+      max_windows: cap on the training windows (the stride is raised to keep at most this many).
+
+    Returns:
+      [T_test] scores: window scores averaged over the windows covering each step.
+    """
+    stride = max(1, int(np.ceil((len(train) - length + 1) / max_windows)))
     w_train, _ = _windows(train, length, stride)
     w_test, starts = _windows(test, length, 1)
     if name == "IForest":
         from pyod.models.iforest import IForest  # pylint: disable=import-outside-toplevel
-        s = IForest(random_state=FLAGS.seed).fit(w_train).decision_function(w_test)
+        s = IForest(random_state=seed).fit(w_train).decision_function(w_test)
     elif name == "KNN":
         from pyod.models.knn import KNN  # pylint: disable=import-outside-toplevel
         s = KNN().fit(w_train).decision_function(w_test)
     elif name == "PCA":
         from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
-        pca = PCA(n_components=0.95, svd_solver="full", random_state=FLAGS.seed).fit(w_train)
+        pca = PCA(n_components=0.95, svd_solver="full", random_state=seed).fit(w_train)
         rec = pca.inverse_transform(pca.transform(w_test))
         s = np.mean(np.square(w_test - rec), axis=1)
     else:
@@ -116,7 +135,9 @@ def _baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int
     return _per_step(np.asarray(s, np.float64), starts, length, len(test))
 
 
-def _metrics(y: np.ndarray, s: np.ndarray, vus_win: int) -> Dict[str, float]:
+def series_metrics(y: np.ndarray, s: np.ndarray, vus_win: int) -> Dict[str, float]:
+    """The benchmark's metric set for per-step scores `s` [T] against labels `y` [T]: VUS-PR
+    (buffer `vus_win`), AUC-PR, AUROC, best F1 and point-adjusted F1 (both oracle thresholds)."""
     from adiff import metrics  # pylint: disable=import-outside-toplevel
     return {"vus_pr": metrics.vus_pr(y, s, sliding_window=vus_win),
             "auc_pr": metrics.auprc(y, s), "auroc": metrics.auroc(y, s),
@@ -124,15 +145,61 @@ def _metrics(y: np.ndarray, s: np.ndarray, vus_win: int) -> Dict[str, float]:
             "pa_f1": float(metrics.point_adjusted_f1(y, s).f1)}
 
 
+def synthetic_series(seed: int = 0, *, n_train: int = 2000, n_test: int = 1000, channels: int = 3):
+    """A small labelled series that needs no data files: noisy phase-shifted sines; the test part
+    has a spike (4 steps, channel 1) and a level shift (30 steps, channel 0), labelled 1.
+
+    Returns:
+      `adiff.data.timeseries.SeriesSplit` (train [n_train, C], test [n_test, C], labels [n_test]).
+    """
+    from adiff.data.timeseries import SeriesSplit  # pylint: disable=import-outside-toplevel
+    if n_test < 800 or channels < 2:
+        raise ValueError(f"synthetic_series needs n_test >= 800 and channels >= 2, got "
+                         f"n_test={n_test}, channels={channels}")
+    rng = np.random.RandomState(seed)
+    t = np.arange(n_train + n_test)[:, None]
+    series = np.sin(2 * np.pi * t / 48 + np.arange(channels)[None] * 0.8)
+    series = (series + 0.05 * rng.randn(*series.shape)).astype(np.float32)
+    train, test = series[:n_train], series[n_train:].copy()
+    labels = np.zeros(n_test, np.int64)
+    test[300:304, 1] += 3.0
+    labels[300:304] = 1
+    test[700:730, 0] -= 1.5
+    labels[700:730] = 1
+    return SeriesSplit(train, test, labels)
+
+
+def load_series(spec: str, data_dir, *, seed: int = 0):
+    """Loads one series split from a dataset spec (the benchmark's and the launcher's loader).
+
+    Args:
+      spec: "asd:<entity>", "skab:<folder>/<run>", "nab:<category>/<file>.csv" or "synthetic".
+      data_dir: directory holding asd/, skab/ and nab/ (unused for "synthetic").
+      seed: seed of the synthetic series.
+
+    Returns:
+      `adiff.data.timeseries.SeriesSplit` (train, test, labels).
+    """
+    from adiff.data import timeseries as tsd  # pylint: disable=import-outside-toplevel
+    if spec == "synthetic":
+        return synthetic_series(seed)
+    kind, _, name = spec.partition(":")
+    loaders = {"asd": tsd.load_asd, "skab": tsd.load_skab, "nab": tsd.load_nab}
+    if kind not in loaders or not name:
+        raise ValueError(f"dataset must be 'asd:<entity>', 'skab:<run>', 'nab:<series>' or "
+                         f"'synthetic', got {spec!r}")
+    return loaders[kind](pathlib.Path(data_dir) / kind, name)
+
+
 def _splits(dataset: str):
     from adiff.data import timeseries as tsd  # pylint: disable=import-outside-toplevel
     root = pathlib.Path(FLAGS.data_dir)
     if dataset == "asd":
         for e in tsd.asd_entities(root / "asd")[:FLAGS.max_entities]:
-            yield e, tsd.load_asd(root / "asd", e)
+            yield e, load_series(f"asd:{e}", root)
     elif dataset == "skab":
         for r in tsd.skab_runs(root / "skab")[:FLAGS.max_entities]:
-            yield r, tsd.load_skab(root / "skab", r)
+            yield r, load_series(f"skab:{r}", root)
     elif dataset == "nab":
         by_cat: Dict[str, List[str]] = {}
         for key in tsd.nab_series(root / "nab", with_anomalies=True):
@@ -145,7 +212,7 @@ def _splits(dataset: str):
             i += 1
         taken = 0
         for key in order:
-            split = tsd.load_nab(root / "nab", key)
+            split = load_series(f"nab:{key}", root)
             if split.labels.min() == split.labels.max():
                 continue  # no anomaly (or only anomalies) after the probationary period
             yield key, split
@@ -184,9 +251,10 @@ def run_dataset(dataset: str, results: Dict) -> None:
         z_test, _ = det.transform(test)
         for b in FLAGS.baselines:
             t = time.perf_counter()
-            scores[b] = _baseline_scores(b, z_train, z_test, det.window)
+            scores[b] = baseline_scores(b, z_train, z_test, det.window, seed=FLAGS.seed,
+                                        max_windows=FLAGS.max_baseline_windows)
             row["seconds"][b] = {"fit": 0.0, "score": time.perf_counter() - t}  # fit+score together
-        row["metrics"] = {k: _metrics(labels, s, vus_win) for k, s in scores.items()}
+        row["metrics"] = {k: series_metrics(labels, s, vus_win) for k, s in scores.items()}
         rows[name] = row
         line = "  ".join(f"{k} {v['vus_pr']:.3f}" for k, v in row["metrics"].items())
         print(f"[{dataset}] {name}: VUS-PR {line}  (fit {fit_s:.1f}s)", flush=True)
@@ -315,4 +383,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

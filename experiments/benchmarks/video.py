@@ -33,9 +33,16 @@ from adiff.detectors.video import VideoDetector
 from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
-_OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
-_SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
+_QUICK = _OUT = _SKIP_PED2 = None
+
+
+def define_flags() -> None:
+    """Defines the script's command-line flags (only when run as a script, so that the launcher
+    can import this module's functions next to the other benchmark modules)."""
+    global _QUICK, _OUT, _SKIP_PED2  # pylint: disable=global-statement
+    _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
+    _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
+    _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -74,7 +81,14 @@ def _minmax(s):
     return (s - s.min()) / (span if span > 0 else 1.0)
 
 
-def _evaluate(labels: list, scores: list) -> dict:
+def frame_metrics(labels: list, scores: list) -> dict:
+    """Frame AUROC over all test frames of raw scores ("raw", the headline), of per-clip min-max
+    normalised scores ("clip_normalised") and per clip ("per_clip", NaN for one-class clips).
+
+    Args:
+      labels: per-clip frame labels, a list of [T_i] arrays (1 = anomalous frame).
+      scores: per-clip frame scores, a list of [T_i] arrays.
+    """
     y = np.concatenate(labels)
     raw = metrics.auroc(y, np.concatenate(scores))
     norm = metrics.auroc(y, np.concatenate([_minmax(s) for s in scores]))
@@ -82,13 +96,45 @@ def _evaluate(labels: list, scores: list) -> dict:
     return {"raw": raw, "clip_normalised": norm, "per_clip": per}
 
 
+def load_split(cfg, *, seed: int, max_frames=None, counts=None):
+    """The benchmark's (train, test) `adiff.data.video.VideoSet`s for a video config.
+
+    Args:
+      cfg: a config of experiments/configs/video_*.py: `dataset` "ucsd_ped2" (with `data_dir`,
+        relative to the repository root, and `size` (H, W)) or "procedural" (with `size`,
+        `num_train`, `num_test`, `num_frames`).
+      seed: seed of the procedural set (the Ped2 clips are fixed).
+      max_frames: Ped2 only: keep at most this many frames per clip.
+      counts: procedural only: (num_train, num_test, num_frames) instead of the config's.
+    """
+    if cfg.dataset == "ucsd_ped2":
+        root = (REPO / cfg.data_dir).resolve()
+        size = tuple(cfg.size)
+        return (video_data.load_ped2(root, split="training", size=size, max_frames=max_frames),
+                video_data.load_ped2(root, split="testing", size=size, max_frames=max_frames))
+    if cfg.dataset == "procedural":
+        n_train, n_test, n_frames = counts or (cfg.num_train, cfg.num_test, cfg.num_frames)
+        return video_data.procedural_benchmark(seed, num_train=n_train, num_test=n_test,
+                                               num_frames=n_frames, size=cfg.size)
+    raise ValueError(f"config.dataset must be 'ucsd_ped2' or 'procedural', got {cfg.dataset!r}")
+
+
+def auroc_by_type(test, scores: list) -> dict:
+    """Frame AUROC per anomaly type of a procedural test set (the normal test clips' frames plus
+    that type's clips), and "all" over every test frame."""
+    row = {}
+    for kind in video_data.ANOMALY_TYPES:
+        idx = [i for i, k in enumerate(test.kinds) if k in ("normal", kind)]
+        row[kind] = metrics.auroc(np.concatenate([test.labels[i] for i in idx]),
+                                  np.concatenate([scores[i] for i in idx]))
+    row["all"] = metrics.auroc(np.concatenate(test.labels), np.concatenate(scores))
+    return row
+
+
 def run_ped2(quick: bool) -> dict:
     cfg = video_ped2.get_config()
-    root = (REPO / cfg.data_dir).resolve()
     size = tuple(cfg.size)
-    mf = 24 if quick else None
-    train = video_data.load_ped2(root, split="training", size=size, max_frames=mf)
-    test = video_data.load_ped2(root, split="testing", size=size, max_frames=mf)
+    train, test = load_split(cfg, seed=cfg.seed, max_frames=24 if quick else None)
     kw = dict(cfg.detector)
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
@@ -99,11 +145,11 @@ def run_ped2(quick: bool) -> dict:
     t = time.time()
     scores = det.decision_function(test.clips)
     score_s = time.time() - t
-    res = {"adiff VideoDetector (prediction, K=2 + frame diff)": _evaluate(test.labels, scores)}
+    res = {"adiff VideoDetector (prediction, K=2 + frame diff)": frame_metrics(test.labels, scores)}
     det.set_params(smooth_sigma=2.0)
-    res["adiff + temporal smoothing (sigma 2 frames)"] = _evaluate(test.labels, det.decision_function(test.clips))
+    res["adiff + temporal smoothing (sigma 2 frames)"] = frame_metrics(test.labels, det.decision_function(test.clips))
     for name, s in baselines(train.clips, test.clips).items():
-        res[name] = _evaluate(test.labels, s)
+        res[name] = frame_metrics(test.labels, s)
     return {"results": res, "fit_seconds": fit_s, "score_seconds": score_s, "size": list(size),
             "test_frames": test.num_frames, "train_frames": train.num_frames,
             "clips": test.names, "detector": kw}
@@ -112,8 +158,7 @@ def run_ped2(quick: bool) -> dict:
 def run_procedural(quick: bool) -> dict:
     cfg = video_procedural.get_config()
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
-    train, test = video_data.procedural_benchmark(cfg.seed, num_train=n_train, num_test=n_test,
-                                                  num_frames=n_frames, size=cfg.size)
+    train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
     kw = dict(cfg.detector)
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
@@ -123,15 +168,7 @@ def run_procedural(quick: bool) -> dict:
     fit_s = time.time() - t
     methods["adiff VideoDetector (prediction, K=2 + frame diff)"] = det.decision_function(test.clips)
     methods.update(baselines(train.clips, test.clips))
-    res = {}
-    for name, scores in methods.items():
-        row = {}
-        for kind in video_data.ANOMALY_TYPES:
-            idx = [i for i, k in enumerate(test.kinds) if k in ("normal", kind)]
-            row[kind] = metrics.auroc(np.concatenate([test.labels[i] for i in idx]),
-                                      np.concatenate([scores[i] for i in idx]))
-        row["all"] = metrics.auroc(np.concatenate(test.labels), np.concatenate(scores))
-        res[name] = row
+    res = {name: auroc_by_type(test, scores) for name, scores in methods.items()}
     return {"results": res, "fit_seconds": fit_s, "size": cfg.size, "num_train": n_train,
             "num_test_per_type": n_test, "num_frames": n_frames, "detector": kw}
 
@@ -190,4 +227,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -14,7 +14,9 @@ def get_config():
     c.dataset = "magnetic_tile"
     c.data_dir = "../shared/data/image/magnetic_tile"
     c.size = 32
+    c.seed = 0  # --mode=evaluate; --mode=benchmark runs every seed in `seeds`
     c.seeds = (0,)
+    c.baselines = ("PCA", "KNN")  # launcher baselines (the benchmark script runs more)
     c.train_fraction = 0.7
     c.detector = ml_collections.ConfigDict(dict(
         contamination=0.1,

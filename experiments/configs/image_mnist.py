@@ -9,7 +9,10 @@ def get_config():
     c.images = "../shared/data/image/mnist/t10k-images-idx3-ubyte.gz"
     c.labels = "../shared/data/image/mnist/t10k-labels-idx1-ubyte.gz"
     c.digits = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+    c.normal_class = 0  # the launcher's normal digit (the benchmark script runs --digits)
+    c.seed = 0  # --mode=evaluate; --mode=benchmark runs every seed in `seeds`
     c.seeds = (0,)
+    c.baselines = ("PCA", "KNN")
     c.train_fraction = 0.8
     c.detector = ml_collections.ConfigDict(dict(
         contamination=0.1,

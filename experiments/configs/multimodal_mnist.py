@@ -5,7 +5,12 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.benchmark = "mnist_captions"
+    c.kind = "multimodal"
     c.seed = 0
+    c.seeds = (0, 1, 2)  # --mode=benchmark runs every seed (--mode=evaluate: `seed`)
+    c.data_root = "../shared/data"  # relative to the repository root
+    c.fusion = "dynamic"
+    c.baselines = ("KNN concat",)
     c.data = ml_collections.ConfigDict(dict(n_train=4000, n_test_normal=1000, n_per_kind=300, patch=10))
     c.modalities = {"image": "image", "caption": "text"}
     c.missing_key = "caption"      # the modality dropped for 30% of the test samples

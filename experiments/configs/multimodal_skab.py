@@ -5,7 +5,12 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.benchmark = "skab_groups"
+    c.kind = "multimodal"
     c.seed = 0
+    c.seeds = (0, 1, 2)  # --mode=benchmark runs every seed (--mode=evaluate: `seed`)
+    c.data_root = "../shared/data"  # relative to the repository root
+    c.fusion = "dynamic"
+    c.baselines = ("KNN concat",)
     c.data = ml_collections.ConfigDict(dict(length=32, train_stride=4, test_stride=8))
     c.modalities = {"vibration": "series", "process": "series"}
     c.missing_key = "vibration"

@@ -37,6 +37,9 @@ def get_config():
     c.dataset = "asd:omi-1"
     c.data_dir = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "timeseries")
     c.seed = 0
+    c.seeds = (0, 1, 2)  # --mode=benchmark runs every seed (--mode=evaluate: `seed`)
     c.detector = detector_config()
+    c.paradigms = ("imputation", "reconstruction")  # scored from the same network
     c.baselines = ("IForest", "KNN", "PCA")
+    c.max_baseline_windows = 3000
     return c

@@ -15,6 +15,8 @@ def get_config():
     c.data_dir = "../shared/data/video/ucsd_ped2"
     c.size = (32, 48)
     c.seed = 0
+    c.seeds = (0, 1, 2)  # --mode=benchmark runs every seed (--mode=evaluate: `seed`)
+    c.baselines = ("frame difference", "PCA of frames", "previous frame + PCA residual")
     c.detector = ml_collections.ConfigDict(dict(
         contamination=0.1,
         paradigm="prediction",
