@@ -28,6 +28,7 @@ _EXPORTS = {
     # anomaly generation
     "AnomalyGenerator": "adiff.generation",
     "GenerationOutput": "adiff.generation",
+    "augment": "adiff.generation",
     # diffusion foundations
     "VPSDE": "adiff.sde",
     "SubVPSDE": "adiff.sde",

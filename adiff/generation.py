@@ -24,9 +24,16 @@ The mask channel is structural and is never dropped.
 `MaskPrior` fits ellipse statistics (semi-axes from second moments, orientation) of real masks
 and rasterises new ones; `cut_paste` is the naive baseline; `write_dataset` writes a generated
 set to disk (PNG or npz + a JSON manifest, no pickle).
+
+Persistence: `gen.save(path)` / `AnomalyGenerator.load(path)` store a directory with
+`adiff.json` (format "adiff-generator": constructor parameters, shapes, label names, normalisation,
+mask prior) and `arrays/` (orbax, the EMA network parameters), the convention of the detectors
+(`adiff.detectors.base`); nothing is pickled. `augment(X_normal, gen, n=...)` returns the normal
+data plus `n` generated anomalies with 0/1 labels, ready for a supervised model.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pathlib
@@ -39,19 +46,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from adiff import sde as sde_lib
-from adiff import solvers
+from adiff import solvers, validation
 from adiff.losses import dsm_loss
 from adiff.nets.mlp import ResidualMLP
 from adiff.nets.temporal import TemporalNet
 from adiff.nets.unet import UNet
 from adiff.typing import Array
 
-__all__ = ["AnomalyGenerator", "GenerationOutput", "MaskPrior", "SERIES_TYPES", "cut_paste",
-           "inject_series_anomaly", "write_dataset"]
+__all__ = ["AnomalyGenerator", "GenerationOutput", "MaskPrior", "SERIES_TYPES", "augment",
+           "cut_paste", "inject_series_anomaly", "write_dataset"]
 
 MODALITIES = ("image", "series", "table")
+FORMAT = "adiff-generator"
+VERSION = 1
+_RANK = {"image": 4, "series": 3, "table": 2}
 SERIES_TYPES = ("spike", "level_shift", "pattern_change", "noise_burst")
 
 
@@ -237,7 +248,18 @@ def inject_series_anomaly(rng: np.random.Generator, window: np.ndarray, kind: st
 # ------------------------------------------------------------------------------------------------
 # the generator
 # ------------------------------------------------------------------------------------------------
+def _check_n(n: int, shape: Tuple[int, ...]) -> None:
+    """A positive sample count whose output fits the size limit (checked before allocating)."""
+    if n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    total = int(n) * int(np.prod(shape))
+    if total > validation.MAX_ELEMENTS:
+        raise ValueError(f"n={n} samples of shape {tuple(shape)} would hold {total:,} values; the "
+                         f"limit is {validation.MAX_ELEMENTS:,} (generate in several calls)")
+
+
 def _as_float(x: Any, name: str, ndim: int) -> np.ndarray:
+    validation.check_size(x, name=name)  # before any copy: a huge request is a ValueError
     arr = np.asarray(x)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dims, got shape {arr.shape}")
@@ -315,7 +337,7 @@ class AnomalyGenerator:
 
     def _check_fitted(self):
         if not self._fitted:
-            raise RuntimeError("call fit() before generate()")
+            raise RuntimeError("this AnomalyGenerator is not fitted; call fit() first")
 
     def _label_index(self, labels, n: int) -> np.ndarray:
         if labels is None:
@@ -635,9 +657,17 @@ class AnomalyGenerator:
         rng = np.random.default_rng(seed)
         key = jax.random.key(seed)
         rank = {"image": 4, "series": 3, "table": 2}[self.modality]
+        if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool)):
+            raise TypeError(f"n must be a positive int, got {type(n).__name__} {n!r}")
         if self.modality == "table":
+            if base is not None:  # only its length is used; still refuse what is not a table
+                base = _as_float(base, "base", rank)
+                if base.shape[1:] != self.shape_:
+                    raise ValueError(f"base must have per-sample shape {self.shape_}, got "
+                                     f"{base.shape[1:]}")
             if n is None:
                 n = 1 if base is None else len(base)
+            _check_n(n, self.shape_)
             base_m, m = np.zeros((n,) + self.shape_, np.float32), None
         else:
             if base is None:
@@ -648,6 +678,7 @@ class AnomalyGenerator:
                                  f"{base.shape[1:]}")
             if n is None:
                 n = len(base)
+            _check_n(n, self.shape_)
             if n != len(base):
                 base = base[rng.integers(0, len(base), n)]
             base_m = self._to_model(base).astype(np.float32)
@@ -688,6 +719,258 @@ class AnomalyGenerator:
         return GenerationOutput(samples=samples,
                                 masks=None if m is None else m.astype(np.uint8),
                                 labels=labels, label_names=self.label_names_)
+
+    # ---------------------------------------------------------------- persistence
+    def get_params(self) -> dict:
+        """The constructor parameters (JSON-able: tuples become lists)."""
+        names = [k for k in inspect.signature(type(self).__init__).parameters if k != "self"]
+        return {k: (list(getattr(self, k)) if isinstance(getattr(self, k), tuple)
+                    else getattr(self, k)) for k in names}
+
+    def _abstract_params(self):
+        dummy = jnp.zeros((2,) + self.shape_, jnp.float32)
+        dmask = jnp.zeros((2,) + self.shape_[:-1]) if self.modality != "table" else None
+        cond = self._cond(dmask, jnp.zeros((2,), jnp.int32), dummy)
+        return jax.eval_shape(lambda: self.net_.init(jax.random.key(0), dummy, jnp.zeros((2,)),
+                                                     cond))
+
+    def save(self, path: str | os.PathLike) -> pathlib.Path:
+        """Saves the fitted generator to a new directory (orbax arrays + JSON; never pickle).
+
+        The directory holds `adiff.json` ({"format": "adiff-generator", "version": 1, "class",
+        "params": constructor parameters, "meta": shapes, label names, normalisation, mask prior})
+        and `arrays/` (an orbax StandardCheckpointer tree of the EMA network parameters).
+
+        Args:
+          path: a directory that does not exist or is empty.
+
+        Returns:
+          The directory path.
+        """
+        self._check_fitted()
+        path = pathlib.Path(path).absolute()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ValueError(f"path {str(path)!r} exists and is not an empty directory; choose a "
+                             "new directory")
+        meta = {"shape": [int(v) for v in self.shape_], "label_names": list(self.label_names_),
+                "unsupervised": bool(self.unsupervised_),
+                "losses": [float(v) for v in getattr(self, "losses_", [])]}
+        if self.modality == "image":
+            mp = self.mask_prior_
+            meta["scale"] = float(self.scale_)
+            meta["mask_prior"] = {"axes": np.asarray(mp.axes, np.float64).tolist(),
+                                  "angles": np.asarray(mp.angles, np.float64).tolist(),
+                                  "labels": np.asarray(mp.labels, np.int64).tolist(),
+                                  "jitter": float(mp.jitter)}
+        else:  # float32 -> Python float -> JSON -> float32 is exact
+            meta["mean"] = np.asarray(self.mean_, np.float32).tolist()
+            meta["std"] = np.asarray(self.std_, np.float32).tolist()
+        config = {"format": FORMAT, "version": VERSION, "class": type(self).__name__,
+                  "params": self.get_params(), "meta": meta}
+        text = json.dumps(config, indent=1)  # fails before anything is written
+        path.mkdir(parents=True, exist_ok=True)
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(path / "arrays", {"params": jax.tree.map(np.asarray, self.params_)})
+            ckpt.wait_until_finished()
+        (path / "adiff.json").write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AnomalyGenerator":
+        """Loads a generator saved by `save`; validates the JSON and every array's shape and dtype.
+
+        Args:
+          path: the directory written by `save`.
+
+        Returns:
+          A fitted AnomalyGenerator whose `generate` reproduces the saved one bit for bit.
+
+        Raises:
+          ValueError: missing files, another format/version/class, invalid parameters or
+            metadata, or arrays that do not match the configuration. Nothing is unpickled or
+            executed from the directory.
+        """
+        path = pathlib.Path(path).absolute()
+        cfg_file = path / "adiff.json"
+        if not cfg_file.is_file():
+            raise ValueError(f"{str(path)!r} is not a saved AnomalyGenerator: adiff.json is missing")
+        try:
+            config = json.loads(cfg_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from None
+        fmt = config.get("format") if isinstance(config, dict) else None
+        if fmt != FORMAT:
+            raise ValueError(f"{str(cfg_file)!r} has format {fmt!r}; expected {FORMAT!r}")
+        if config.get("version") != VERSION:
+            raise ValueError(f"{str(cfg_file)!r} has version {config.get('version')!r}; this "
+                             f"adiff reads {VERSION}")
+        if config.get("class") != cls.__name__:
+            raise ValueError(f"{str(cfg_file)!r} holds class {config.get('class')!r}; expected "
+                             f"{cls.__name__!r}")
+        params, meta = config.get("params"), config.get("meta")
+        if not isinstance(params, dict) or not isinstance(meta, dict):
+            raise ValueError(f"{str(cfg_file)!r} lacks the 'params' and 'meta' objects")
+        try:
+            gen = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+            gen._import_meta(meta)
+            target = {"params": gen._abstract_params()}
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise ValueError(f"{str(cfg_file)!r} has an invalid configuration: "
+                             f"{type(e).__name__}: {e}") from None
+        arrays_dir = path / "arrays"
+        if not arrays_dir.is_dir():
+            raise ValueError(f"{str(path)!r} has no arrays/ directory")
+        try:
+            with ocp.StandardCheckpointer() as ckpt:
+                saved = ckpt.metadata(arrays_dir)
+                for attr in ("item_metadata", "tree"):
+                    saved = getattr(saved, attr, saved)
+                if not saved or not jax.tree_util.tree_leaves(saved):
+                    raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: "
+                                     "their metadata is missing or unreadable")
+                _check_array_tree(saved, target)
+                arrays = ckpt.restore(arrays_dir, target)
+        except ValueError:
+            raise
+        except Exception as e:  # orbax raises many types for corrupt directories
+            raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: "
+                             f"{type(e).__name__}: {e}") from None
+        gen.params_ = jax.tree.map(jnp.asarray, arrays["params"])
+        gen._sample_fns = {}
+        gen._fitted = True
+        return gen
+
+    def _import_meta(self, meta: dict) -> None:
+        shape = meta["shape"]
+        rank = _RANK[self.modality] - 1
+        if (not isinstance(shape, list) or len(shape) != rank
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise ValueError(f"meta['shape'] must be {rank} positive ints for modality "
+                             f"{self.modality!r}, got {shape!r}")
+        names = meta["label_names"]
+        if (not isinstance(names, list) or not names or names[0] != "normal"
+                or not all(isinstance(v, str) for v in names) or len(set(names)) != len(names)):
+            raise ValueError(f"meta['label_names'] must be distinct strings starting with "
+                             f"'normal', got {names!r}")
+        unsup = meta["unsupervised"]
+        if not isinstance(unsup, bool) or (unsup and self.modality != "table"):
+            raise ValueError(f"meta['unsupervised'] must be a bool (True only for tables), got "
+                             f"{unsup!r}")
+        if (len(names) == 1) != unsup:
+            raise ValueError(f"meta['label_names'] {names!r} does not match "
+                             f"unsupervised={unsup}")
+        self.shape_ = tuple(shape)
+        self.label_names_ = tuple(names)
+        self.unsupervised_ = unsup
+        self.losses_ = [float(v) for v in meta.get("losses", [])]
+        if self.modality == "image":
+            scale = meta["scale"]
+            if scale not in (1.0, 255.0) or isinstance(scale, bool):
+                raise ValueError(f"meta['scale'] must be 1.0 or 255.0, got {scale!r}")
+            self.scale_ = float(scale)
+            mp = meta["mask_prior"]
+            axes = np.asarray(mp["axes"], np.float64)
+            angles = np.asarray(mp["angles"], np.float64)
+            labels = np.asarray(mp["labels"])
+            m = len(axes)
+            if (axes.ndim != 2 or axes.shape != (m, 2) or m == 0 or angles.shape != (m,)
+                    or labels.shape != (m,) or not np.issubdtype(labels.dtype, np.integer)
+                    or not np.all(np.isfinite(axes)) or not np.all(axes > 0)
+                    or not np.all(np.isfinite(angles))
+                    or not np.all((labels >= 0) & (labels < len(names)))):
+                raise ValueError("meta['mask_prior'] must hold axes [M, 2] > 0, angles [M] and "
+                                 f"labels [M] in [0, {len(names)}), got shapes {axes.shape}, "
+                                 f"{angles.shape}, {labels.shape}")
+            jitter = mp["jitter"]
+            if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or jitter < 0:
+                raise ValueError(f"meta['mask_prior']['jitter'] must be a float >= 0, got "
+                                 f"{jitter!r}")
+            self.mask_prior_ = MaskPrior(axes=axes, angles=angles, labels=labels.astype(np.int64),
+                                         jitter=float(jitter))
+        else:
+            for key in ("mean", "std"):
+                v = np.asarray(meta[key], np.float64)
+                if v.shape != (shape[-1],) or not np.all(np.isfinite(v)):
+                    raise ValueError(f"meta[{key!r}] must be {shape[-1]} finite floats (one per "
+                                     f"channel), got shape {v.shape}")
+                if key == "std" and not np.all(v > 0):
+                    raise ValueError("meta['std'] must be > 0")
+                setattr(self, key + "_", v.astype(np.float32))
+        self.net_ = self._make_net(shape[-1])
+
+
+def _check_array_tree(saved, target) -> None:
+    """Raises ValueError unless the saved orbax metadata tree matches `target` (keys, shapes)."""
+    flat = lambda tree: {jax.tree_util.keystr(k): v
+                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    s, t = flat(saved), flat(target)
+    if set(s) != set(t):
+        missing, extra = sorted(set(t) - set(s))[:5], sorted(set(s) - set(t))[:5]
+        raise ValueError(f"saved arrays do not match the configuration: missing {missing}, "
+                         f"unexpected {extra}")
+    for k, v in t.items():
+        shape = tuple(getattr(s[k], "shape", ()))
+        if shape != tuple(v.shape):
+            raise ValueError(f"saved array {k} has shape {shape}; the configuration expects "
+                             f"{tuple(v.shape)}")
+        dtype = getattr(s[k], "dtype", None)
+        if dtype is not None and np.dtype(dtype) != np.dtype(v.dtype):
+            raise ValueError(f"saved array {k} has dtype {np.dtype(dtype)}; the configuration "
+                             f"expects {np.dtype(v.dtype)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# augmentation: normal data + generated anomalies for a supervised model
+# ------------------------------------------------------------------------------------------------
+def augment(X_normal: Any, generator: AnomalyGenerator, *, n: int, label: Any = None,
+            guidance: float = 2.0, seed: Optional[int] = None, num_steps: Optional[int] = None,
+            return_masks: bool = False):
+    """Normal data plus `n` generated anomalies with 0/1 labels, to train a supervised model.
+
+    Images and series windows: the anomalies are inserted into bases drawn from `X_normal`
+    (with replacement when `n` > len(X_normal)) inside sampled masks; tables: rows sampled from
+    the generator (class-conditioned, or the unsupervised low-density mode).
+
+    Args:
+      X_normal: normal images [N, H, W, C], series windows [N, L, C] or rows [N, D], in the units
+        the generator was fitted in (e.g. uint8-range images if it was fitted on uint8).
+      generator: a fitted AnomalyGenerator of the same modality and per-sample shape.
+      n: number of generated anomalies (> 0).
+      label: anomaly type(s) passed to `generate` (None: random types).
+      guidance: CFG strength passed to `generate`.
+      seed: sampling seed passed to `generate`.
+      num_steps: DDIM steps (default: the generator's).
+      return_masks: also return per-pixel / per-step masks (images and series only).
+
+    Returns:
+      (X [N + n, ...] float32 — X_normal first, then the generated anomalies —, y [N + n] int64
+      with 0 = normal, 1 = generated), or (X, y, masks [N + n, H, W] / [N + n, L] uint8, all zero
+      for the normal rows) with `return_masks`.
+    """
+    if not isinstance(generator, AnomalyGenerator):
+        raise TypeError(f"generator must be an AnomalyGenerator, got {type(generator).__name__}")
+    generator._check_fitted()
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    modality = generator.modality
+    if return_masks and modality == "table":
+        raise ValueError("return_masks needs the image or series modality, got 'table'")
+    X = _as_float(X_normal, "X_normal", _RANK[modality])
+    if X.shape[1:] != tuple(generator.shape_):
+        raise ValueError(f"X_normal must have per-sample shape {tuple(generator.shape_)} like the "
+                         f"generator's training data, got {X.shape[1:]}")
+    out = generator.generate(base=None if modality == "table" else X, n=int(n), label=label,
+                             guidance=guidance, seed=seed, num_steps=num_steps)
+    samples = out.samples
+    if modality == "image":  # back to the units of the training data
+        samples = samples * np.float32(generator.scale_)
+    X_all = np.concatenate([X, samples.astype(np.float32)])
+    y = np.concatenate([np.zeros(len(X), np.int64), np.ones(int(n), np.int64)])
+    if not return_masks:
+        return X_all, y
+    masks = np.concatenate([np.zeros((len(X),) + out.masks.shape[1:], np.uint8),
+                            out.masks.astype(np.uint8)])
+    return X_all, y, masks
 
 
 # ------------------------------------------------------------------------------------------------

@@ -408,3 +408,48 @@ def test_multimodal_missing_markers_are_not_errors(fitted):
     assert s.shape == (4,) and np.all(np.isfinite(s))
     s2 = det.decision_function({**_mm(), "vec": None})
     assert s2.shape == (4,) and np.all(np.isfinite(s2))
+
+
+# -- anomaly generator (a public API too) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def table_generator():
+    from adiff.generation import AnomalyGenerator
+    rng = np.random.RandomState(0)
+    return AnomalyGenerator(modality="table", seed=0, train_steps=3, width=8, num_steps=2).fit(
+        rng.randn(60, 4).astype(np.float32), anomalies=(rng.randn(6, 4) + 4).astype(np.float32))
+
+
+GEN_CASES = [
+    ("gen-huge-n", dict(n=10**12), ValueError, r"n=1000000000000.*limit"),
+    ("gen-huge-base", dict(base=np.broadcast_to(np.float32(0), (HUGE, 4))), ValueError, r"base.*limit"),
+    ("gen-nan-base", dict(base=np.full((3, 4), np.nan, np.float32)), ValueError, r"base.*finite"),
+    ("gen-string-base", dict(base=_strings((3, 4))), TypeError, r"base.*numeric"),
+    ("gen-wrong-width", dict(base=np.zeros((3, 5), np.float32)), ValueError, r"base.*\(4,\).*\(5,\)"),
+    ("gen-empty-base", dict(base=np.zeros((0, 4), np.float32)), ValueError, r"base.*empty"),
+    ("gen-zero-n", dict(n=0), ValueError, r"n must be a positive int"),
+    ("gen-string-n", dict(n="3"), TypeError, r"n must be a positive int.*str"),
+    ("gen-nan-guidance", dict(n=2, guidance=float("nan")), ValueError, r"guidance"),
+]
+
+
+@pytest.mark.parametrize("case_id,kwargs,exc,pattern", GEN_CASES, ids=[c[0] for c in GEN_CASES])
+def test_generator_bad_input_is_a_clear_error(table_generator, case_id, kwargs, exc, pattern):
+    start = time.perf_counter()
+    with pytest.raises(exc, match=pattern):
+        table_generator.generate(**kwargs)
+    assert time.perf_counter() - start < 5.0, f"{case_id}: refused too slowly (allocation?)"
+
+
+GEN_FIT_CASES = [
+    ("fit-nan", np.full((10, 4), np.nan), ValueError, r"normal.*finite"),
+    ("fit-empty", np.zeros((0, 4)), ValueError, r"normal.*empty"),
+    ("fit-huge", np.broadcast_to(np.float32(0), (HUGE, 4)), ValueError, r"normal.*limit"),
+    ("fit-strings", _strings((10, 4)), TypeError, r"normal.*numeric"),
+]
+
+
+@pytest.mark.parametrize("case_id,normal,exc,pattern", GEN_FIT_CASES, ids=[c[0] for c in GEN_FIT_CASES])
+def test_generator_bad_fit_input_is_a_clear_error(case_id, normal, exc, pattern):
+    from adiff.generation import AnomalyGenerator
+    with pytest.raises(exc, match=pattern):
+        AnomalyGenerator(modality="table", train_steps=2).fit(normal)

@@ -218,7 +218,9 @@ def _detector_classes():
 
 
 def load(path: str | os.PathLike) -> BaseDetector:
-    """Loads a detector saved by `save`. Validates the JSON and every array's shape.
+    """Loads a detector saved by `save` (or an AnomalyGenerator saved by its `save`).
+
+    Validates the JSON and every array's shape.
 
     Raises:
       ValueError: the directory is missing, not an adiff detector, of another version, or its
@@ -232,6 +234,10 @@ def load(path: str | os.PathLike) -> BaseDetector:
         config = json.loads(cfg_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from None
+    if isinstance(config, dict) and config.get("format") == "adiff-generator":
+        # A saved AnomalyGenerator: same conventions (JSON + orbax, no pickle), its own loader.
+        from adiff.generation import AnomalyGenerator  # pylint: disable=import-outside-toplevel
+        return AnomalyGenerator.load(path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{str(cfg_file)!r} has format {config.get('format') if isinstance(config, dict) else None!r}; "
                          f"expected {FORMAT!r}")
