@@ -790,14 +790,7 @@ class AnomalyGenerator:
             metadata, or arrays that do not match the configuration. Nothing is unpickled or
             executed from the directory.
         """
-        path = pathlib.Path(path).absolute()
-        cfg_file = path / "adiff.json"
-        if not cfg_file.is_file():
-            raise ValueError(f"{str(path)!r} is not a saved AnomalyGenerator: adiff.json is missing")
-        try:
-            config = json.loads(cfg_file.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from None
+        path, cfg_file, config = validation.read_saved_config(path, what="AnomalyGenerator")
         fmt = config.get("format") if isinstance(config, dict) else None
         if fmt != FORMAT:
             raise ValueError(f"{str(cfg_file)!r} has format {fmt!r}; expected {FORMAT!r}")

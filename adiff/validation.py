@@ -164,3 +164,32 @@ def check_fraction(value, *, name: str, low: float = 0.0, high: float = 0.5,
     if not ok:
         raise ValueError(f"{name} must be in {'[' if inclusive_low else '('}{low}, {high}], got {value!r}")
     return v
+
+
+def read_saved_config(path, *, what: str = "adiff detector"):
+    """Reads the `adiff.json` of a saved directory as a JSON object, with clear errors.
+
+    Used by every loader (detectors, generators). Only parses JSON: nothing is executed or
+    unpickled.
+
+    Args:
+      path: the saved directory.
+      what: what the directory should hold, for the error messages.
+
+    Returns:
+      (absolute directory path, path of adiff.json, the parsed JSON value).
+
+    Raises:
+      ValueError: adiff.json is missing or is not valid JSON.
+    """
+    import json  # pylint: disable=import-outside-toplevel
+    import pathlib  # pylint: disable=import-outside-toplevel
+    path = pathlib.Path(path).absolute()
+    cfg_file = path / "adiff.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{str(path)!r} is not a saved {what}: {cfg_file.name} is missing")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from None
+    return path, cfg_file, config

@@ -226,14 +226,7 @@ def load(path: str | os.PathLike) -> BaseDetector:
       ValueError: the directory is missing, not an adiff detector, of another version, or its
         arrays do not match the configuration.
     """
-    path = pathlib.Path(path).absolute()
-    cfg_file = path / "adiff.json"
-    if not cfg_file.is_file():
-        raise ValueError(f"{str(path)!r} is not a saved adiff detector: {cfg_file.name} is missing")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from None
+    path, cfg_file, config = validation.read_saved_config(path, what="adiff detector")
     if isinstance(config, dict) and config.get("format") == "adiff-generator":
         # A saved AnomalyGenerator: same conventions (JSON + orbax, no pickle), its own loader.
         from adiff.generation import AnomalyGenerator  # pylint: disable=import-outside-toplevel
