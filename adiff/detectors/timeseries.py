@@ -28,13 +28,17 @@ steps in front and L // 2 + stride behind, windows of length L start every `scor
 and each step's per-entry errors are combined over the windows covering it ("mean") or taken
 from the one window in whose central `score_stride` positions it lies ("centre"); a step's score
 is the mean over its observed channels. Every step, the first and the last included, gets a
-score. Scoring runs in fixed-size batches of windows with one compiled function, so memory is
-O(T * C) for the accumulators plus one batch, whatever T.
+score. Scoring streams over the series in fixed-size batches of windows with one compiled
+function: the padded series is never built (windows gather their steps through the reflection
+index map), the input is preprocessed one batch's range at a time, and the per-entry error sums
+and counts are kept only for the steps of the current batch; a step's score is written out once
+no later window covers it. Memory beyond the input and the [T] output is one batch, whatever T
+(docs/results/timeseries.md, "Scaling": a 1,000,000-step series).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +55,10 @@ COMBINES = ("mean", "centre")
 # v-prediction: its x0 error does not blow up as alpha_t -> 0 (eps-prediction's is scaled by
 # sigma_t / alpha_t, ~150 at T), which the imputation trajectory from the prior needs.
 PARAMETERIZATION = "v"
+# Rows of the raw input validated at a time before streaming (inf check, any observed value).
+_CHUNK_ROWS = 1 << 16
+# source(lo, hi) -> (values, observed), both [hi - lo, C] float32: steps lo..hi-1 preprocessed.
+Source = Callable[[int, int], Tuple[np.ndarray, np.ndarray]]
 
 __all__ = ["TimeSeriesDetector", "SCORINGS", "COMBINES"]
 
@@ -65,6 +73,25 @@ def _net(cfg: Tuple) -> TemporalNet:
 def _cond(x: jax.Array, known: jax.Array, obs: jax.Array) -> jax.Array:
     """Conditioning channels [B, L, 3C]: known values, known mask, observed mask."""
     return jnp.concatenate([x * known, known, obs], axis=-1)
+
+
+def _reflect_index(i: np.ndarray, n: int) -> np.ndarray:
+    """Index into a length-n series of position i of its reflection-padded extension.
+
+    The extension is numpy's `np.pad(..., mode="reflect")` (mirrored about the end steps, which
+    are not repeated) for any pad width: positions i < 0 or i >= n map back periodically with
+    period 2 (n - 1).
+
+    Args:
+      i: integer positions relative to the series' first step (any values).
+      n: series length, >= 2.
+
+    Returns:
+      Indices in [0, n), same shape as i.
+    """
+    period = 2 * (n - 1)
+    j = np.mod(i, period)
+    return np.where(j < n, j, period - j)
 
 
 def _grid_mask(length: int, channels: int, num_masks: int, block: int, k) -> jax.Array:
@@ -186,7 +213,8 @@ class TimeSeriesDetector(BaseDetector):
       t0: partial-diffusion start times of "reconstruction".
       solver_steps: DDIM steps (reconstruction: from t0; imputation: from T).
       clip: z-scored values are clipped to [-clip, clip] (None: no clipping).
-      score_batch_size: windows per scoring batch (memory stays flat in T).
+      score_batch_size: windows per scoring batch; scoring streams over the series one batch at a
+        time, so memory beyond the input and the [T] scores stays flat in T.
       verbose: print training progress.
     """
 
@@ -370,52 +398,123 @@ class TimeSeriesDetector(BaseDetector):
         self.history_ = res.history
 
     # -- scoring -------------------------------------------------------------------------------
-    def _entry_errors(self, data, scoring: str) -> Tuple[np.ndarray, np.ndarray]:
-        """Per-entry mean error [T, C] and whether the entry has one ([T, C] bool)."""
+    def _array_source(self, data) -> Tuple[Source, int, int]:
+        """A source over already preprocessed arrays (the training series in fit)."""
         values, observed = data["values"], data["observed"]
-        t, c = values.shape
-        l, s = self.window, self.score_stride
+        return (lambda lo, hi: (values[lo:hi], observed[lo:hi])), values.shape[0], values.shape[1]
+
+    def _input_source(self, X) -> Tuple[Source, int, int]:
+        """A source over the raw input X, preprocessed lazily, one requested range at a time.
+
+        A numeric numpy array (or pandas object) of a valid shape is validated in a pass of
+        `_CHUNK_ROWS`-row pieces (inf refused, at least one observed value) and never converted
+        whole; anything else (lists, other dtypes or shapes) goes through `_prepare`, which
+        converts it at once or raises the usual error.
+        """
+        arr = X.to_numpy() if hasattr(X, "to_numpy") else X
+        c = int(self.n_features_in_)
+        if not (isinstance(arr, np.ndarray) and arr.dtype.kind in "biuf" and arr.ndim in (1, 2)
+                and arr.shape[0] >= self.window and (arr.shape[1] if arr.ndim == 2 else 1) == c):
+            return self._array_source(self._prepare(X, fitting=False))
+        any_observed = False
+        for a in range(0, arr.shape[0], _CHUNK_ROWS):
+            raw = self._as_series(arr[a:a + _CHUNK_ROWS])  # raises on inf
+            any_observed = any_observed or bool(np.isfinite(raw).any())
+        if not any_observed:
+            raise ValueError("X has no observed value (all NaN)")
+
+        def source(lo: int, hi: int) -> Tuple[np.ndarray, np.ndarray]:
+            raw = self._as_series(arr[lo:hi])
+            d = self._normalize(raw, np.isfinite(raw))
+            return d["values"], d["observed"]
+
+        return source, arr.shape[0], c
+
+    def _stream(self, src: Tuple[Source, int, int], scoring: str, *, per_channel: bool) -> np.ndarray:
+        """Streams the scoring windows over a series in batches of `score_batch_size` windows.
+
+        The padded series (reflection, `front` steps before, `back` after) is never built: each
+        batch gathers its windows' steps from `src` through the reflection index map. Per-entry
+        error sums and counts of the windows live in accumulators covering one batch's steps; once
+        a batch is done, the steps before the next batch's first window start are final (no later
+        window covers them): their scores are written to the output and the accumulators shift.
+        Memory beyond the output is one batch, whatever T. Batches, keys and the order of the
+        float64 additions are those of accumulating over the whole padded series at once, so the
+        scores do not depend on T's size relative to a batch.
+
+        Args:
+          src: (source(lo, hi) -> (values, observed) [hi - lo, C] float32 of steps lo..hi-1, T, C).
+          scoring: "reconstruction" or "imputation".
+          per_channel: return the per-entry map [T, C] (0 where unscored or missing) instead of
+            the per-step scores [T] (NaN where a step has no scored observed entry).
+
+        Returns:
+          [T, C] or [T] float64.
+        """
+        source, t, c = src
+        l, s, bs = self.window, self.score_stride, int(self.score_batch_size)
         front, back = l // 2, l // 2 + s
-        vpad = np.pad(values, ((front, back), (0, 0)), mode="reflect")
-        opad = np.pad(observed, ((front, back), (0, 0)), mode="reflect")
-        n = len(vpad)
-        starts = np.arange(0, n - l + 1, s)
+        n = t + front + back  # length of the padded series
+        num_windows = (n - l) // s + 1
         if self.combine == "mean":
             pos_w = np.ones(l, np.float32)
         else:
             pos_w = np.zeros(l, np.float32)
-            lo = l // 2 - s // 2
-            pos_w[lo:lo + s] = 1.0
+            lo_c = l // 2 - s // 2
+            pos_w[lo_c:lo_c + s] = 1.0
+        taps = np.flatnonzero(pos_w)
         fn = _scorer(self._net_cfg, scoring, tuple(float(v) for v in self.t0), int(self.solver_steps),
                      int(self.num_grid_masks), int(self.num_random_masks), float(self.mask_ratio),
                      self._block, int(self.num_levels),
                      float(self.clip) if self.clip is not None else 1e3)
         params = jax.tree.map(jnp.asarray, self.params_)
-        err_acc = np.zeros((n, c), np.float64)
-        cnt_acc = np.zeros((n, c), np.float64)
-        bs = int(self.score_batch_size)
+        span = (bs - 1) * s + l  # padded steps one batch of windows covers
+        err_acc = np.zeros((span, c), np.float64)
+        cnt_acc = np.zeros((span, c), np.float64)
+        obs_acc = np.zeros((span, c), np.float32)
+        out = np.zeros((t, c), np.float64) if per_channel else np.empty(t, np.float64)
         offsets = np.arange(l)
         key = jax.random.key(self.seed + 7)
-        for i, b0 in enumerate(range(0, len(starts), bs)):
-            st = starts[b0:b0 + bs]
-            m = len(st)
-            st_full = np.concatenate([st, np.full(bs - m, st[-1])]) if m < bs else st
-            idx = st_full[:, None] + offsets[None, :]
-            e, k = fn(params, vpad[idx], opad[idx], jax.random.fold_in(key, i))
+        base = 0  # padded position of the accumulators' first row
+        for i, w0 in enumerate(range(0, num_windows, bs)):
+            st = s * np.arange(w0, min(w0 + bs, num_windows))  # padded window starts
+            m, end = len(st), int(st[-1]) + l
+            orig = _reflect_index(np.arange(base, end) - front, t)
+            lo, hi = int(orig.min()), int(orig.max()) + 1
+            v, o = source(lo, hi)
+            vb, ob = v[orig - lo], o[orig - lo]  # [end - base, C]
+            obs_acc[:end - base] = ob
+            rel = st - base
+            idx = rel[:, None] + offsets[None, :]
+            if m < bs:  # static batch shape: repeat the last window, drop its results
+                idx = np.concatenate([idx, np.repeat(idx[-1:], bs - m, axis=0)])
+            e, k = fn(params, vb[idx], ob[idx], jax.random.fold_in(key, i))
             e, k = np.asarray(e, np.float64)[:m], np.asarray(k, np.float64)[:m]
             mean_e = np.where(k > 0, e / np.maximum(k, 1e-12), 0.0) * pos_w[None, :, None]
             has = (k > 0) * pos_w[None, :, None]
-            for j in np.flatnonzero(pos_w):  # starts are distinct: no duplicate indices per j
-                err_acc[st + j] += mean_e[:, j]
-                cnt_acc[st + j] += has[:, j]
-        err_acc, cnt_acc = err_acc[front:front + t], cnt_acc[front:front + t]
-        has = (cnt_acc > 0) & (observed > 0)
-        return np.where(has, err_acc / np.maximum(cnt_acc, 1e-12), 0.0), has
+            for j in taps:  # starts are distinct: no duplicate indices per j
+                err_acc[rel + j] += mean_e[:, j]
+                cnt_acc[rel + j] += has[:, j]
+            done = (int(st[-1]) + s if w0 + bs < num_windows else end) - base  # final rows
+            a, b = max(base, front), min(base + done, front + t)
+            if a < b:
+                e_f, k_f = err_acc[a - base:b - base], cnt_acc[a - base:b - base]
+                has_f = (k_f > 0) & (obs_acc[a - base:b - base] > 0)
+                ent = np.where(has_f, e_f / np.maximum(k_f, 1e-12), 0.0)
+                if per_channel:
+                    out[a - front:b - front] = ent
+                else:
+                    n_has = has_f.sum(1)
+                    out[a - front:b - front] = np.where(n_has > 0, ent.sum(1) / np.maximum(n_has, 1),
+                                                        np.nan)
+            for acc in (err_acc, cnt_acc, obs_acc):
+                acc[:span - done] = acc[done:].copy()
+                acc[span - done:] = 0
+            base += done
+        return out
 
-    def _step_scores(self, data, scoring: str) -> np.ndarray:
-        err, has = self._entry_errors(data, scoring)
-        n = has.sum(1)
-        scores = np.where(n > 0, err.sum(1) / np.maximum(n, 1), np.nan)
+    def _step_scores(self, src: Tuple[Source, int, int], scoring: str) -> np.ndarray:
+        scores = self._stream(src, scoring, per_channel=False)
         if np.isnan(scores).any():  # steps with no observed entry: nearest scored step
             ok = np.flatnonzero(~np.isnan(scores))
             if ok.size == 0:
@@ -429,7 +528,11 @@ class TimeSeriesDetector(BaseDetector):
         return scores
 
     def _decision_function(self, data) -> np.ndarray:
-        return self._step_scores(data, self.scoring)
+        return self._step_scores(self._array_source(data), self.scoring)
+
+    def _score_rows(self, X) -> np.ndarray:
+        # decision_function: the input is preprocessed piecewise while it streams (not at once).
+        return self._step_scores(self._input_source(X), self.scoring)
 
     def paradigm_scores(self, X, scoring: str) -> np.ndarray:
         """Per-step scores [T] of X by either paradigm, from the same fitted network.
@@ -444,12 +547,14 @@ class TimeSeriesDetector(BaseDetector):
         """
         self._check_fitted()
         validation.check_choice(scoring, SCORINGS, name="scoring")
-        return self._step_scores(self._prepare(X, fitting=False), scoring)
+        validation.check_size(X, name="X")
+        return self._step_scores(self._input_source(X), scoring)
 
     def channel_scores(self, X) -> np.ndarray:
         """Per-step, per-channel anomaly map [T, C] (0 where a value is missing)."""
         self._check_fitted()
-        return self._entry_errors(self._prepare(X, fitting=False), self.scoring)[0]
+        validation.check_size(X, name="X")
+        return self._stream(self._input_source(X), self.scoring, per_channel=True)
 
     # -- persistence --------------------------------------------------------------------------
     def _export(self):
