@@ -40,28 +40,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from experiments.benchmarks.timing import median_time
+from experiments.benchmarks.timing import median_time, reset_peak_rss, status_kib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 COMMAND = ("flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.scale")
 NUM_FEATURES = 16
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+_status_kib, _reset_peak = status_kib, reset_peak_rss  # shared with the other benchmarks
 
 
 def _detector_kwargs():

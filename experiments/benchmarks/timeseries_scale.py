@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from experiments.benchmarks.timing import reset_peak_rss, status_kib
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 COMMAND = "flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.timeseries_scale"
 CHANNELS = 4
@@ -55,21 +57,7 @@ def _series(n: int, seed: int, nan_frac: float = 0.0):
     return x
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+_status_kib, _reset_peak = status_kib, reset_peak_rss  # shared with the other benchmarks
 
 
 def _fit_and_save(path: str) -> dict:
