@@ -10,7 +10,7 @@ missing or unexpected keys, differing N, wrong rank or per-sample shape, non-num
 non-integer or out-of-vocabulary tokens, inf anywhere, NaN inside a present sample, and inputs over
 `adiff.validation.MAX_ELEMENTS` elements (per key or in all).
 
-Training, in three stages, all on normal data:
+Training, in four stages, all on normal data:
 1. Encoders. One encoder per modality (adiff.nets.fusion) is trained jointly with an MLP decoder
    (reconstruction: squared error, or cross-entropy for tokens) and a projection head into a shared
    space (symmetric InfoNCE between every pair of present modalities of the same sample). The
@@ -27,23 +27,31 @@ Training, in three stages, all on normal data:
    (modality dropout), with at least one target; the DSM loss counts target entries only. One
    network thus gives the joint, the unimodal (others dropped) and the conditional (others clean)
    denoising errors.
-3. Dynamic gate. A ModalityGate over the present embeddings predicts, per sample, the log-variance
-   of each normalised score component on normal data (heteroscedastic Gaussian likelihood, under
-   random modality dropout); a component weighs exp(-log-variance), zero when unavailable.
+3. Calibration. The last `calibration_fraction` of the training samples take no part in stages
+   1-2; every normaliser below is fitted on them (the networks partly memorise their own training
+   samples, whose errors are therefore too small to calibrate test scores on), for every presence
+   pattern: a sample with a missing modality is compared with held-out normal samples evaluated
+   with the same modality missing, so it is not scored on another scale.
+4. Dynamic gate (fusion="dynamic"). A ModalityGate maps a per-sample context (presence, and the
+   log mean square of each present modality's standardised embedding) to bounded log prior
+   weights (|.| <= gate_bound) of the three normalised scores (early, late, cross); it is trained
+   on the held-out normal samples (and a copy with random modality dropout) to minimise the mean
+   dynamic score, i.e. to lower a component in contexts where it raises false alarms.
 
 Scores (denoising errors are means over fixed times `ts` and `num_draws` fixed noise draws, so
 scores are deterministic):
 - unimodal[m]: mean of the z-scored denoising error of m alone and (trainable kinds) the z-scored
   reconstruction error of m; normal on its own data => about 0.
 - cross: mean over present m of z(E_cond[m] - E_alone[m]), the extra denoising error of m when the
-  other present modalities are given as context (normalised per presence pattern); 0 with one
-  modality.
-- early: mean over present m of z(E_joint[m]) (all present modalities noised together;
-  normalised per presence pattern).
-- late: mean of unimodal[m] over present m.
-- dynamic: sum_c w_c * component_c over components (unimodal..., cross), w from the gate.
-Normalisers are fitted on the training data for every presence pattern, so a sample with a
-missing modality is compared with normal samples missing the same modality.
+  other present modalities are given as context, then standardised per presence pattern; 0 (and
+  unavailable) with one modality.
+- early: mean over present m of z(E_joint[m]) (all present modalities noised together), then
+  standardised per presence pattern.
+- late: mean of unimodal[m] over present m, then standardised per presence pattern.
+- dynamic: attention over the available normalised scores c in (early, late, cross):
+  w = softmax(c / fusion_temperature + gate prior), dynamic = sum_c w_c c. A convex combination
+  that leans, per sample, on the most surprised component (a smooth maximum), so a kind of anomaly
+  caught by early or by late alone is not diluted by the other; early and late are always in it.
 """
 from __future__ import annotations
 
@@ -78,11 +86,13 @@ class MultimodalScores:
       score: [N] the detector's score (its `fusion`).
       early: [N] early-fusion score.
       late: [N] late-fusion score.
-      dynamic: [N] dynamic-fusion score (equal weights when the gate was not trained).
-      unimodal: [N, M] normalised per-modality scores (NaN where the modality is missing).
+      dynamic: [N] dynamic-fusion score (attention over early, late, cross; no gate prior when
+        the gate was not trained).
+      unimodal: [N, M] normalised per-modality scores (NaN where the modality is missing); the
+        per-modality decomposition of `late`.
       cross: [N] normalised cross-modal term (0 with a single present modality).
-      weights: [N, M + 1] dynamic weights of (unimodal..., cross); zero where unavailable.
-      contributions: [N, M + 1] weights * components: what each part adds to the dynamic score.
+      weights: [N, 3] dynamic weights of (early, late, cross); cross is zero where unavailable.
+      contributions: [N, 3] weights * (early, late, cross): what each adds to the dynamic score.
       present: [N, M] presence mask.
     """
 
@@ -92,8 +102,8 @@ class MultimodalScores:
     dynamic: Array  # [N]
     unimodal: Array  # [N, M]
     cross: Array  # [N]
-    weights: Array  # [N, M + 1]
-    contributions: Array  # [N, M + 1]
+    weights: Array  # [N, 3]
+    contributions: Array  # [N, 3]
     present: Array  # [N, M]
 
 
@@ -123,6 +133,12 @@ class MultimodalDetector(BaseDetector):
       learning_rate: Adam peak learning rate.
       drop_rate: probability of dropping a present context modality while training (robustness to
         missing modalities).
+      calibration_fraction: fraction of the training samples held out from network training; the
+        score normalisers and the dynamic gate are fitted on them (0 = fit them on the training
+        samples, whose errors the networks have partly memorised).
+      fusion_temperature: temperature of the attention over normalised (early, late, cross) scores
+        in dynamic fusion (small = max of the components, large = their mean).
+      gate_bound: bound on the learned per-sample log prior weights of the dynamic gate (0 = no gate).
       ts: diffusion times at which denoising errors are measured.
       num_draws: fixed noise draws per time.
       vocab_size: text vocabulary size (token 0 = padding); None infers max token + 1 at fit.
@@ -135,7 +151,8 @@ class MultimodalDetector(BaseDetector):
                  contrastive_weight: float = 1.0, temperature: float = 0.1, hidden: int = 128,
                  num_blocks: int = 2, encoder_steps: int = 1500, diffusion_steps: int = 3000,
                  gate_steps: int = 500, batch_size: int = 256, learning_rate: float = 1e-3,
-                 drop_rate: float = 0.3, ts: Sequence[float] = (0.05, 0.2, 0.5), num_draws: int = 4,
+                 drop_rate: float = 0.3, calibration_fraction: float = 0.2, fusion_temperature: float = 1.0,
+                 gate_bound: float = 1.0, ts: Sequence[float] = (0.05, 0.2, 0.5), num_draws: int = 4,
                  vocab_size: int | None = None, score_batch_size: int = 1024, verbose: bool = False):
         self.modalities = modalities
         self.fusion = fusion
@@ -153,6 +170,9 @@ class MultimodalDetector(BaseDetector):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.drop_rate = drop_rate
+        self.calibration_fraction = calibration_fraction
+        self.fusion_temperature = fusion_temperature
+        self.gate_bound = gate_bound
         self.ts = ts
         self.num_draws = num_draws
         self.vocab_size = vocab_size
@@ -174,6 +194,12 @@ class MultimodalDetector(BaseDetector):
                      "diffusion_steps", "gate_steps", "batch_size", "num_draws", "score_batch_size"):
             validation.check_positive_int(getattr(self, name), name=name)
         validation.check_fraction(self.drop_rate, name="drop_rate", low=0.0, high=0.9, inclusive_low=True)
+        validation.check_fraction(self.calibration_fraction, name="calibration_fraction", low=0.0, high=0.5,
+                                  inclusive_low=True)
+        if not float(self.fusion_temperature) > 0:
+            raise ValueError(f"fusion_temperature must be > 0, got {self.fusion_temperature!r}")
+        if not float(self.gate_bound) >= 0:
+            raise ValueError(f"gate_bound must be >= 0, got {self.gate_bound!r}")
         if not self.ts or any(not 0.0 < float(t) <= 1.0 for t in self.ts):
             raise ValueError(f"ts must be a non-empty sequence of times in (0, 1], got {self.ts!r}")
         if not float(self.temperature) > 0:
@@ -333,7 +359,7 @@ class MultimodalDetector(BaseDetector):
         return ResidualMLP(features=self.hidden, num_blocks=self.num_blocks)
 
     def _gate(self) -> ModalityGate:
-        return ModalityGate(len(self.modalities) + 1)
+        return ModalityGate(3)  # log prior weights of (early, late, cross)
 
     @property
     def _sde(self):
@@ -353,7 +379,7 @@ class MultimodalDetector(BaseDetector):
         k1, k2, k3 = jax.random.split(jax.random.key(self.seed), 3)
         return {"autoencoder": self._autoencoder().init(k1, dummy),
                 "score": self._score_net().init(k2, jnp.zeros((1, d)), jnp.zeros((1,)), jnp.zeros((1, 2 * d))),
-                "gate": self._gate().init(k3, jnp.zeros((1, d + m)))}
+                "gate": self._gate().init(k3, jnp.zeros((1, 2 * m)))}
 
     # -- stage 1: encoders --------------------------------------------------------------------
     def _recon_errors(self, specs, inputs, recons):
@@ -426,17 +452,41 @@ class MultimodalDetector(BaseDetector):
         return res.state.ema_params
 
     # -- stage 3: gate ------------------------------------------------------------------------
+    def _seg(self) -> Array:
+        """[D, M] matrix averaging each modality's embedding dimensions."""
+        dims = np.array(self._dims())
+        seg = np.zeros((int(dims.sum()), len(dims)), np.float32)
+        seg[np.arange(int(dims.sum())), np.repeat(np.arange(len(dims)), dims)] = 1.0 / np.repeat(dims, dims)
+        return jnp.asarray(seg)
+
     def _gate_context(self, emb, present):
-        return jnp.concatenate([emb * self._dim_masks(present.astype(emb.dtype)), present.astype(emb.dtype)], axis=1)
+        """Per-sample gate context [B, 2M]: presence and each present modality's mean squared
+        (standardised) embedding, log1p-compressed (how typical the embedding is)."""
+        pf = present.astype(emb.dtype)
+        ms = jnp.log1p((emb ** 2) @ self._seg()) * pf
+        return jnp.concatenate([pf, ms], axis=1)
+
+    def _gate_logits(self, p, emb, present):
+        """Bounded per-sample log prior weights [B, 3] of (early, late, cross)."""
+        out = self._gate().apply(p, self._gate_context(emb, present))
+        return float(self.gate_bound) * jnp.tanh(out)
+
+    def _attend(self, comps, avail, prior):
+        """Dynamic fusion: attention weights softmax(z / temperature + prior) over the available
+        normalised components, and the weighted sum."""
+        logits = jnp.where(avail, comps / float(self.fusion_temperature) + prior, -1e9)
+        w = jax.nn.softmax(logits, axis=1) * avail
+        w = w / jnp.sum(w, axis=1, keepdims=True)
+        return w, jnp.sum(w * jnp.where(avail, comps, 0.0), axis=1)
 
     def _fit_gate(self, emb, present, comps, avail, params):
-        gate = self._gate()
+        """Gate trained on held-out normal data to minimise the mean dynamic score: in contexts where
+        a component raises false alarms it weighs less. Its log weights are bounded by gate_bound,
+        so it cannot collapse onto one component (the attention on the scores stays in charge)."""
 
         def loss_fn(p, batch, key):
-            v = gate.apply(p, self._gate_context(batch["emb"], batch["present"]))
-            a = batch["avail"].astype(v.dtype)
-            nll = batch["comps"] ** 2 * jnp.exp(-v) + v
-            return jnp.sum(nll * a) / jnp.maximum(jnp.sum(a), 1.0), {}
+            _, dyn = self._attend(batch["comps"], batch["avail"], self._gate_logits(p, batch["emb"], batch["present"]))
+            return jnp.mean(dyn), {}
 
         res = trainer.fit(loss_fn, params, {"emb": emb, "present": present, "comps": comps, "avail": avail},
                           config=self._train_config(self.gate_steps, len(emb), 3), progress=self.verbose)
@@ -455,9 +505,7 @@ class MultimodalDetector(BaseDetector):
         elif name == "errors":
             net, sde, dims = self._score_net(), self._sde, np.array(self._dims())
             ts = jnp.asarray([float(t) for t in self.ts], jnp.float32)
-            seg = np.zeros((sum(dims), len(dims)), np.float32)
-            seg[np.arange(sum(dims)), np.repeat(np.arange(len(dims)), dims)] = 1.0 / np.repeat(dims, dims)
-            seg = jnp.asarray(seg)
+            seg = self._seg()
             draws, seed = int(self.num_draws), int(self.seed)
 
             def fn(p, emb, obs, noised):
@@ -523,43 +571,62 @@ class MultimodalDetector(BaseDetector):
         return joint, alone, cond
 
     # -- fit ------------------------------------------------------------------------------------
+    def _calibration_split(self, n: int):
+        """(network rows, calibration rows): the last `calibration_fraction` of the training samples,
+        in the given order, are held out for the normalisers and the gate (all rows for both when
+        too few). A tail block rather than a random subset, so that overlapping windows of a series
+        do not leak into the calibration set; shuffle X beforehand for exchangeable samples."""
+        n_cal = int(round(float(self.calibration_fraction) * n))
+        if n_cal < 8 or n - n_cal < 8:
+            rows = np.arange(n)
+            return rows, rows
+        return np.arange(n - n_cal), np.arange(n - n_cal, n)
+
     def _fit(self, data, y=None) -> None:
         values, present = data
         n, m = present.shape
         self.n_features_in_ = m
+        fit_rows, cal_rows = self._calibration_split(n)
+        values_f, present_f = [v[fit_rows] for v in values], present[fit_rows]
         params = jax.jit(self._init_params)()  # one compile, not one per initializer op
-        params["autoencoder"] = self._fit_encoders(values, present, params["autoencoder"])
+        params["autoencoder"] = self._fit_encoders(values_f, present_f, params["autoencoder"])
         self.params_ = params
         self.__dict__.pop("_jitted", None)
         self.emb_mean_ = np.zeros(sum(self._dims()), np.float32)
         self.emb_std_ = np.ones(sum(self._dims()), np.float32)
-        emb, rec = self._embed(values)
-        pd = np.repeat(present, self._dims(), axis=1)
+        emb, _ = self._embed(values_f)
+        pd = np.repeat(present_f, self._dims(), axis=1)
         cnt = np.maximum(pd.sum(0), 1)
         self.emb_mean_ = (np.where(pd, emb, 0).sum(0) / cnt).astype(np.float32)
         var = np.where(pd, (emb - self.emb_mean_) ** 2, 0).sum(0) / cnt
         self.emb_std_ = np.sqrt(np.where(var > 1e-8, var, 1.0)).astype(np.float32)
         emb = ((emb - self.emb_mean_) / self.emb_std_).astype(np.float32)
-        self.params_["score"] = self._fit_diffusion(emb, present, params["score"])
-        self._fit_normalizers(emb, rec, present)
-        if self.fusion == "dynamic":
-            pres_g, comps, avail, emb_g = [], [], [], []
+        self.params_["score"] = self._fit_diffusion(emb, present_f, params["score"])
+        emb_c, rec_c = self._embed([v[cal_rows] for v in values])
+        present_c = present[cal_rows]
+        self._fit_normalizers(emb_c, rec_c, present_c)
+        if self.fusion == "dynamic" and float(self.gate_bound) > 0:
+            pres_g, comps, avail = [], [], []
             rng = np.random.default_rng(self.seed + 5)
             for _ in range(2):  # the observed patterns and a random-dropout copy
-                pr = present.copy() if not pres_g else present & (rng.random(present.shape) >= self.drop_rate)
-                pr[~pr.any(axis=1)] = present[~pr.any(axis=1)]
-                parts = self._components(emb, rec, pr)
+                pr = present_c.copy() if not pres_g else present_c & (rng.random(present_c.shape) >= self.drop_rate)
+                pr[~pr.any(axis=1)] = present_c[~pr.any(axis=1)]
+                parts = self._components(emb_c, rec_c, pr)
                 pres_g.append(pr)
-                comps.append(np.nan_to_num(parts["components"]))
+                comps.append(parts["fused"])
                 avail.append(parts["avail"])
-                emb_g.append(emb)
-            self.params_["gate"] = self._fit_gate(np.concatenate(emb_g), np.concatenate(pres_g),
+            self.params_["gate"] = self._fit_gate(np.concatenate([emb_c, emb_c]), np.concatenate(pres_g),
                                                   np.concatenate(comps).astype(np.float32),
                                                   np.concatenate(avail), self.params_["gate"])
-        self.gate_trained_ = self.fusion == "dynamic"
+            self.gate_trained_ = True
+        else:
+            self.gate_trained_ = False
         self.n_train_ = n
+        self.n_calibration_ = int(len(cal_rows))
 
     def _fit_normalizers(self, emb, rec, present) -> None:
+        """Normalisers from (held-out) normal samples: per modality, and per presence pattern for the
+        joint, cross and fused (early, late, cross) scores."""
         m = present.shape[1]
         pats = _patterns(m)
         # unimodal (pattern-free) statistics on the samples where the modality is present
@@ -570,27 +637,35 @@ class MultimodalDetector(BaseDetector):
             sel = present[:, i]
             self.alone_stats_[:, i] = _loc_scale(alone[sel, i])
             self.recon_stats_[:, i] = _loc_scale(rec[sel, i])
-        # per presence pattern: joint and cross statistics, from training samples that have all of
-        # the pattern's modalities, evaluated with only those present
+        # per presence pattern: statistics from the samples that have all of the pattern's
+        # modalities, evaluated with only those present
         self.joint_stats_ = np.zeros((2, len(pats), m), np.float32)
         self.cross_stats_ = np.zeros((2, len(pats), m), np.float32)
+        self.fused_stats_ = np.zeros((2, len(pats), 3), np.float32)
         self.joint_stats_[1] = 1.0
         self.cross_stats_[1] = 1.0
+        self.fused_stats_[1] = 1.0
         for p in range(1, len(pats)):
             pat = pats[p]
             rows = np.flatnonzero((present | ~pat).all(axis=1))
             if len(rows) == 0:
                 continue
             pr = np.broadcast_to(pat, (len(rows), m)).copy()
-            joint, alone_p, cond = self._raw_errors(emb[rows], pr)
+            errors = self._raw_errors(emb[rows], pr)
+            joint, alone_p, cond = errors
             for i in np.flatnonzero(pat):
                 self.joint_stats_[:, p, i] = _loc_scale(joint[:, i])
                 if pat.sum() >= 2:
                     self.cross_stats_[:, p, i] = _loc_scale(cond[:, i] - alone_p[:, i])
+            raw = self._raw_components(errors, rec[rows], pr)
+            for c in range(3 if pat.sum() >= 2 else 2):
+                self.fused_stats_[:, p, c] = _loc_scale(raw["raw"][:, c])
 
-    def _components(self, emb, rec, present):
+    def _raw_components(self, errors, rec, present):
+        """Per-modality z-scores and the raw (early, late, cross) scores [N, 3] before their
+        per-pattern normalisation."""
         m = present.shape[1]
-        joint, alone, cond = self._raw_errors(emb, present)
+        joint, alone, cond = errors
         pid = (present.astype(np.int64) * (1 << np.arange(m))).sum(axis=1)
         z_alone = (alone - self.alone_stats_[0]) / self.alone_stats_[1]
         z_rec = (rec - self.recon_stats_[0]) / self.recon_stats_[1]
@@ -604,29 +679,34 @@ class MultimodalDetector(BaseDetector):
         cross = np.where(multi, np.where(present, z_cross, 0).sum(1) / cnt, 0.0)
         early = np.where(present, z_joint, 0).sum(1) / cnt
         late = np.where(present, np.nan_to_num(uni), 0).sum(1) / cnt
-        comps = np.concatenate([uni, cross[:, None]], axis=1)
-        avail = np.concatenate([present, multi[:, None]], axis=1)
-        return {"components": comps, "avail": avail, "early": early, "late": late, "cross": cross, "uni": uni}
+        return {"raw": np.stack([early, late, cross], axis=1), "uni": uni, "multi": multi, "pid": pid}
+
+    def _components(self, emb, rec, present):
+        raw = self._raw_components(self._raw_errors(emb, present), rec, present)
+        pid, multi = raw["pid"], raw["multi"]
+        fused = (raw["raw"] - self.fused_stats_[0, pid]) / self.fused_stats_[1, pid]
+        fused[:, 2] = np.where(multi, fused[:, 2], 0.0)
+        avail = np.stack([np.ones_like(multi), np.ones_like(multi), multi], axis=1)
+        return {"fused": fused.astype(np.float32), "avail": avail, "uni": raw["uni"]}
 
     # -- scoring ----------------------------------------------------------------------------------
     def _decompose(self, data) -> MultimodalScores:
         values, present = data
         emb, rec = self._embed(values)
         parts = self._components(emb, rec, present)
-        avail = parts["avail"]
+        fused, avail = parts["fused"], parts["avail"]
         if getattr(self, "gate_trained_", False):
-            v = self._batched(self._jit("gate"), self.params_["gate"], [emb, present])
-            logits = np.where(avail, -v, -np.inf)
+            raw_prior = self._batched(self._jit("gate"), self.params_["gate"], [emb, present])
+            prior = float(self.gate_bound) * np.tanh(raw_prior)  # as _gate_logits, outside the jit cache
         else:
-            logits = np.where(avail, 0.0, -np.inf)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        w = np.exp(logits)
-        w = w / w.sum(axis=1, keepdims=True)
-        contrib = w * np.nan_to_num(parts["components"])
-        dynamic = contrib.sum(axis=1)
-        score = {"early": parts["early"], "late": parts["late"], "dynamic": dynamic}[self.fusion]
-        return MultimodalScores(score=score, early=parts["early"], late=parts["late"], dynamic=dynamic,
-                                unimodal=parts["uni"], cross=parts["cross"], weights=w,
+            prior = np.zeros_like(fused)
+        w, dynamic = self._attend(jnp.asarray(fused), jnp.asarray(avail), jnp.asarray(prior))
+        w, dynamic = np.asarray(w, np.float64), np.asarray(dynamic, np.float64)
+        contrib = w * np.where(avail, fused, 0.0)
+        early, late, cross = (fused[:, c].astype(np.float64) for c in range(3))
+        score = {"early": early, "late": late, "dynamic": dynamic}[self.fusion]
+        return MultimodalScores(score=score, early=early, late=late, dynamic=dynamic,
+                                unimodal=parts["uni"], cross=cross, weights=w,
                                 contributions=contrib, present=present)
 
     def decompose(self, X) -> MultimodalScores:
@@ -647,12 +727,14 @@ class MultimodalDetector(BaseDetector):
     # -- persistence ------------------------------------------------------------------------------
     def _export(self):
         meta = {"n_train": int(self.n_train_), "input_shapes": self.input_shapes_, "vocab": self.vocab_,
-                "gate_trained": bool(self.gate_trained_), "dim": int(sum(self._dims()))}
+                "gate_trained": bool(self.gate_trained_), "dim": int(sum(self._dims())),
+                "n_calibration": int(getattr(self, "n_calibration_", self.n_train_))}
         arrays = {"params": jax.tree.map(np.asarray, self.params_),
                   "input_stats": {k: {"mean": v[0], "std": v[1]} for k, v in self.input_stats_.items()},
                   "emb_mean": self.emb_mean_, "emb_std": self.emb_std_,
                   "alone_stats": self.alone_stats_, "recon_stats": self.recon_stats_,
-                  "joint_stats": self.joint_stats_, "cross_stats": self.cross_stats_}
+                  "joint_stats": self.joint_stats_, "cross_stats": self.cross_stats_,
+                  "fused_stats": self.fused_stats_}
         return meta, arrays
 
     def _set_meta(self, meta) -> None:
@@ -676,17 +758,19 @@ class MultimodalDetector(BaseDetector):
         return {"params": jax.eval_shape(self._init_params), "input_stats": stats,
                 "emb_mean": sds((d,)), "emb_std": sds((d,)), "alone_stats": sds((2, m)),
                 "recon_stats": sds((2, m)), "joint_stats": sds((2, 2 ** m, m)),
-                "cross_stats": sds((2, 2 ** m, m))}
+                "cross_stats": sds((2, 2 ** m, m)), "fused_stats": sds((2, 2 ** m, 3))}
 
     def _import(self, meta, arrays) -> None:
         self._set_meta(meta)
         self.params_ = jax.tree.map(jnp.asarray, arrays["params"])
         self.input_stats_ = {k: (np.asarray(v["mean"], np.float32), np.asarray(v["std"], np.float32))
                              for k, v in arrays["input_stats"].items()}
-        for name in ("emb_mean", "emb_std", "alone_stats", "recon_stats", "joint_stats", "cross_stats"):
+        for name in ("emb_mean", "emb_std", "alone_stats", "recon_stats", "joint_stats", "cross_stats",
+                     "fused_stats"):
             setattr(self, name + "_", np.asarray(arrays[name], np.float32))
         self.gate_trained_ = bool(meta["gate_trained"])
         self.n_train_ = int(meta["n_train"])
+        self.n_calibration_ = int(meta.get("n_calibration", self.n_train_))
         self.n_features_in_ = len(self.modalities)
         self.__dict__.pop("_jitted", None)
 

@@ -3,8 +3,9 @@
 `MultimodalAutoencoder` holds one encoder per modality (conv for images, pooled 1-D conv for
 series, MLP for tables, token embedding + a small transformer for text, identity for precomputed
 embeddings), one MLP decoder per trainable modality (reconstruction signal) and one projection head
-per modality (cross-modal contrastive alignment into a shared space). `ModalityGate` maps the
-fused context to per-component log-variances, from which dynamic fusion derives per-sample weights.
+per modality (cross-modal contrastive alignment into a shared space). `ModalityGate` maps a
+per-sample context to per-component log prior weights, from which dynamic fusion derives its
+per-sample weights over the (early, late, cross) scores.
 
 A modality is described by a `ModalitySpec` (a hashable tuple: key, kind, per-sample shape, vocab
 size), so modules stay pure functions of their attributes.
@@ -198,7 +199,8 @@ class MultimodalAutoencoder(nn.Module):
 
 
 class ModalityGate(nn.Module):
-    """Context [B, Dc] -> per-component log-variance [B, K] (dynamic fusion weights).
+    """Context [B, Dc] -> per-component log prior weights [B, K] (dynamic fusion; the detector
+    bounds them and adds them to the components' normalised scores before a softmax).
 
     The last layer is zero-initialised: an untrained gate gives equal weights.
     """
