@@ -112,9 +112,9 @@ def test_motion_anomaly_detected(tiny):
     scores = det.decision_function([test.clips[i] for i in idx])
     y = np.concatenate([test.labels[i] for i in idx])
     auc = metrics.auroc(y, np.concatenate(scores))
-    # Measured 0.67 with this tiny 300-step model (0.78 with a 16-channel 300-step model; see
-    # docs/results/video.md for the full-size figures); chance is 0.5.
-    assert auc > 0.6, auc
+    # Measured 1.00 with this tiny 300-step residual-target, v-parameterised model (the pre-issue-7
+    # eps frame model sampled with 2 DDIM steps measured 0.67); chance is 0.5.
+    assert auc > 0.9, auc
 
 
 def test_save_load(tiny, tmp_path):
@@ -164,6 +164,53 @@ def test_validation_errors(tiny):
         VideoDetector().fit([clip, clip[:, :8]])
     with pytest.raises(RuntimeError, match="not fitted"):
         VideoDetector().decision_function(clip)
+
+
+def test_residual_target_scale_and_scores(tiny):
+    det, train, test = tiny
+    assert det.target == "residual" and det.parameterization == "v"
+    # The residual scale is 1 / std of the training windows' frame differences (in [-1, 1] units).
+    k = det.context_frames
+    frames = [2.0 * c.astype(np.float64) / 255.0 - 1.0 for c in train.clips]
+    d = np.concatenate([f[k:] - f[k - 1:-1] for f in frames])
+    np.testing.assert_allclose(det.target_scale_, 1.0 / d.std(), rtol=1e-3)
+    clip = test.clips[0]
+    s = det.decision_function(clip)
+    det.set_params(score="denoise", t0=0.05, num_samples=2)
+    try:
+        z = det.decision_function(clip)
+        assert z.shape == s.shape and np.all(np.isfinite(z)) and np.all(z >= 0)
+        assert not np.allclose(z, s)
+        # Denoising at a smaller t perturbs the observed residual less: smaller errors.
+        det.set_params(t0=0.01)
+        assert det.decision_function(clip).mean() < z.mean()
+    finally:
+        det.set_params(score="sample", t0=1.0, num_samples=1)
+    with pytest.raises(ValueError, match="target"):
+        det.set_params(target="frame")
+        try:
+            det.decision_function(clip)
+        finally:
+            det.set_params(target="residual")
+    with pytest.raises(ValueError, match="score"):
+        det.set_params(score="likelihood")
+        try:
+            det.decision_function(clip)
+        finally:
+            det.set_params(score="sample")
+    with pytest.raises(ValueError, match="parameterization"):
+        VideoDetector(parameterization="flow").fit([clip])
+
+
+def test_frame_target_eps_variant_runs():
+    # The pre-issue-7 configuration (eps-parameterised frame model) stays available.
+    clips = video_data.make_procedural(2, num_clips=2, num_frames=8, size=8).clips
+    det = VideoDetector(target="frame", parameterization="eps", base_channels=4, groups=2,
+                        channel_mults=(1,), train_steps=3, batch_size=8, solver_steps=2,
+                        num_samples=2).fit(clips)
+    assert det.target_scale_ == 1.0
+    s = det.decision_function(clips[0])
+    assert s.shape == (8,) and np.all(np.isfinite(s))
 
 
 def test_reconstruction_paradigm_runs():

@@ -131,6 +131,24 @@ def auroc_by_type(test, scores: list) -> dict:
     return row
 
 
+# Extra scoring settings of the fitted Ped2 model (set_params only; no refit).
+_PED2_VARIANTS = (
+    ("4-step DDIM samples from noise, mean of 2 (eta 0)", dict(score="sample", t0=1.0, solver_steps=4,
+                                                             num_samples=2)),
+    ("denoising error at t=0.05 (4 draws)", dict(score="denoise", t0=0.05, num_samples=4)),
+    ("denoising error at t=0.05, whole-frame mean", dict(score="denoise", t0=0.05, num_samples=4,
+                                                         frame_score="mean")),
+    ("denoising error at t=0.3 (4 draws)", dict(score="denoise", t0=0.3, num_samples=4,
+                                                frame_score="topk")),
+)
+
+
+def _name(kw: dict) -> str:
+    return (f"adiff VideoDetector (prediction, K={kw.get('context_frames')} + frame diff, "
+            f"target {kw.get('target')}, {kw.get('parameterization')}, score {kw.get('score')} "
+            f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')})")
+
+
 def run_ped2(quick: bool) -> dict:
     cfg = video_ped2.get_config()
     size = tuple(cfg.size)
@@ -145,9 +163,13 @@ def run_ped2(quick: bool) -> dict:
     t = time.time()
     scores = det.decision_function(test.clips)
     score_s = time.time() - t
-    res = {"adiff VideoDetector (prediction, K=2 + frame diff)": frame_metrics(test.labels, scores)}
+    res = {_name(kw): frame_metrics(test.labels, scores)}
     det.set_params(smooth_sigma=2.0)
     res["adiff + temporal smoothing (sigma 2 frames)"] = frame_metrics(test.labels, det.decision_function(test.clips))
+    # Other scores of the same fitted model (issue 7 diagnostic rows; raw, no smoothing).
+    for label, extra in _PED2_VARIANTS:
+        det.set_params(smooth_sigma=0.0, **extra)
+        res[f"adiff, same model, {label}"] = frame_metrics(test.labels, det.decision_function(test.clips))
     for name, s in baselines(train.clips, test.clips).items():
         res[name] = frame_metrics(test.labels, s)
     return {"results": res, "fit_seconds": fit_s, "score_seconds": score_s, "size": list(size),
@@ -166,7 +188,9 @@ def run_procedural(quick: bool) -> dict:
     t = time.time()
     det = VideoDetector(seed=cfg.seed, **kw).fit(train.clips)
     fit_s = time.time() - t
-    methods["adiff VideoDetector (prediction, K=2 + frame diff)"] = det.decision_function(test.clips)
+    methods[_name(kw)] = det.decision_function(test.clips)
+    det.set_params(score="denoise", t0=0.05, num_samples=4)
+    methods["adiff, same model, denoising error at t=0.05 (4 draws)"] = det.decision_function(test.clips)
     methods.update(baselines(train.clips, test.clips))
     res = {name: auroc_by_type(test, scores) for name, scores in methods.items()}
     return {"results": res, "fit_seconds": fit_s, "size": cfg.size, "num_train": n_train,

@@ -12,7 +12,5 @@ def get_config():
     c.detector.groups = 4
     c.detector.train_steps = 300
     c.detector.ema_decay = 0.9
-    c.detector.solver_steps = 2
-    c.detector.num_samples = 1
     c.detector.topk = 0.05
     return c
