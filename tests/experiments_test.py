@@ -189,15 +189,8 @@ def test_multihost_two_processes_match_one(tmp_path):
     envs = [env, env, dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")]
     procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for c, e in zip(cmds, envs)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    from tests.multihost_test import communicate_all  # pylint: disable=import-outside-toplevel
+    logs = communicate_all(procs, timeout=300)
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-4000:]
     multi = json.loads((tmp_path / "multi" / "sample_metrics.json").read_text())

@@ -68,6 +68,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def communicate_all(procs, *, timeout: float):
+    """Waits for every process and returns their outputs; kills the rest if one times out."""
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return logs
+
+
 def _gloo_available() -> bool:
     return "jax_cpu_collectives_implementation" in jax.config.values
 
@@ -87,15 +101,7 @@ def test_two_processes_match_one_process(tmp_path):
                                str(tmp_path / f"out{i}.json")], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=120)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    logs = communicate_all(procs, timeout=120)
     for p, log in zip(procs, logs):
         if p.returncode != 0 and ("gloo" in log.lower() and "not" in log.lower()
                                   and "available" in log.lower()):
