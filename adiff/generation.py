@@ -832,24 +832,7 @@ class AnomalyGenerator:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise ValueError(f"{str(cfg_file)!r} has an invalid configuration: "
                              f"{type(e).__name__}: {e}") from None
-        arrays_dir = path / "arrays"
-        if not arrays_dir.is_dir():
-            raise ValueError(f"{str(path)!r} has no arrays/ directory")
-        try:
-            with ocp.StandardCheckpointer() as ckpt:
-                saved = ckpt.metadata(arrays_dir)
-                for attr in ("item_metadata", "tree"):
-                    saved = getattr(saved, attr, saved)
-                if not saved or not jax.tree_util.tree_leaves(saved):
-                    raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: "
-                                     "their metadata is missing or unreadable")
-                _check_array_tree(saved, target)
-                arrays = ckpt.restore(arrays_dir, target)
-        except ValueError:
-            raise
-        except Exception as e:  # orbax raises many types for corrupt directories
-            raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: "
-                             f"{type(e).__name__}: {e}") from None
+        arrays = validation.restore_saved_arrays(path, target, check_dtypes=True)
         gen.params_ = jax.tree.map(jnp.asarray, arrays["params"])
         gen._sample_fns = {}
         gen._fitted = True
@@ -912,26 +895,6 @@ class AnomalyGenerator:
                     raise ValueError("meta['std'] must be > 0")
                 setattr(self, key + "_", v.astype(np.float32))
         self.net_ = self._make_net(shape[-1])
-
-
-def _check_array_tree(saved, target) -> None:
-    """Raises ValueError unless the saved orbax metadata tree matches `target` (keys, shapes)."""
-    flat = lambda tree: {jax.tree_util.keystr(k): v
-                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    s, t = flat(saved), flat(target)
-    if set(s) != set(t):
-        missing, extra = sorted(set(t) - set(s))[:5], sorted(set(s) - set(t))[:5]
-        raise ValueError(f"saved arrays do not match the configuration: missing {missing}, "
-                         f"unexpected {extra}")
-    for k, v in t.items():
-        shape = tuple(getattr(s[k], "shape", ()))
-        if shape != tuple(v.shape):
-            raise ValueError(f"saved array {k} has shape {shape}; the configuration expects "
-                             f"{tuple(v.shape)}")
-        dtype = getattr(s[k], "dtype", None)
-        if dtype is not None and np.dtype(dtype) != np.dtype(v.dtype):
-            raise ValueError(f"saved array {k} has dtype {np.dtype(dtype)}; the configuration "
-                             f"expects {np.dtype(v.dtype)}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -193,3 +193,67 @@ def read_saved_config(path, *, what: str = "adiff detector"):
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from None
     return path, cfg_file, config
+
+
+def restore_saved_arrays(path, target, *, check_dtypes: bool = False):
+    """Restores `path/arrays` (orbax) into the tree `target`, after checking it against `target`.
+
+    Shared by every loader (detectors, generators): the saved array metadata must exist and match
+    `target`'s keys and shapes (and dtypes with `check_dtypes`) before anything is read, and every
+    orbax failure on a corrupt directory becomes a ValueError naming it. Nothing is unpickled.
+
+    Args:
+      path: the saved directory (holding `arrays/`).
+      target: a pytree of jax.ShapeDtypeStruct describing the expected arrays.
+      check_dtypes: also require the saved dtypes to equal the target's.
+
+    Returns:
+      The restored pytree, shaped like `target`.
+
+    Raises:
+      ValueError: no arrays/ directory, unreadable metadata, a mismatch, or a failed restore.
+    """
+    import pathlib  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    path = pathlib.Path(path)
+    arrays_dir = path / "arrays"
+    if not arrays_dir.is_dir():
+        raise ValueError(f"{str(path)!r} has no arrays/ directory")
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            saved = ckpt.metadata(arrays_dir)
+            for attr in ("item_metadata", "tree"):  # where orbax keeps the array metadata tree
+                saved = getattr(saved, attr, saved)
+            if not saved or not jax.tree_util.tree_leaves(saved):
+                # orbax reports unreadable (truncated, altered, missing) array files as no metadata
+                raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: their "
+                                 "metadata is missing or unreadable (truncated or missing files?)")
+            _check_array_tree(saved, target, check_dtypes=check_dtypes)
+            return ckpt.restore(arrays_dir, target)
+    except ValueError:
+        raise
+    except Exception as e:  # orbax raises many types for corrupt directories
+        raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: "
+                         f"{type(e).__name__}: {e}") from None
+
+
+def _check_array_tree(saved, target, *, check_dtypes: bool) -> None:
+    """Raises ValueError unless the saved metadata tree matches `target` (keys, shapes, dtypes)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    flat = lambda tree: {jax.tree_util.keystr(k): v
+                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    s, t = flat(saved), flat(target)
+    if set(s) != set(t):
+        missing, extra = sorted(set(t) - set(s))[:5], sorted(set(s) - set(t))[:5]
+        raise ValueError(f"saved arrays do not match the configuration: missing {missing}, "
+                         f"unexpected {extra}")
+    for k, v in t.items():
+        shape = tuple(getattr(s[k], "shape", ()))
+        if shape != tuple(v.shape):
+            raise ValueError(f"saved array {k} has shape {shape}; the configuration expects "
+                             f"{tuple(v.shape)}")
+        dtype = getattr(s[k], "dtype", None)
+        if check_dtypes and dtype is not None and np.dtype(dtype) != np.dtype(v.dtype):
+            raise ValueError(f"saved array {k} has dtype {np.dtype(dtype)}; the configuration "
+                             f"expects {np.dtype(v.dtype)}")

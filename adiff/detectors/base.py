@@ -258,22 +258,7 @@ def load(path: str | os.PathLike) -> BaseDetector:
         # Edited or foreign 'params'/'meta': a missing key, a wrong type, an invalid value.
         raise ValueError(f"{str(cfg_file)!r} has an invalid configuration for {name}: "
                          f"{type(e).__name__}: {e}") from None
-    arrays_dir = path / "arrays"
-    if not arrays_dir.is_dir():
-        raise ValueError(f"{str(path)!r} has no arrays/ directory")
-    try:
-        with ocp.StandardCheckpointer() as ckpt:
-            meta_tree = _tree_of(ckpt.metadata(arrays_dir))
-            if not meta_tree or not jax.tree_util.tree_leaves(meta_tree):
-                # orbax reports unreadable (truncated, altered, missing) array files as no metadata
-                raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: their "
-                                 "metadata is missing or unreadable (truncated or missing files?)")
-            _check_shapes(meta_tree, target)
-            arrays = ckpt.restore(arrays_dir, target)
-    except ValueError:
-        raise
-    except Exception as e:  # orbax raises many types for corrupt directories
-        raise ValueError(f"could not restore the arrays in {str(arrays_dir)!r}: {type(e).__name__}: {e}") from None
+    arrays = validation.restore_saved_arrays(path, target)
     try:
         det._import(meta, jax.tree.map(np.asarray, arrays["model"]))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
@@ -284,25 +269,3 @@ def load(path: str | os.PathLike) -> BaseDetector:
     det._mu, det._sigma = float(meta["_mu"]), float(meta["_sigma"])
     det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
     return det
-
-
-def _tree_of(meta):
-    # orbax returns a metadata object whose `.item_metadata` / `.tree` holds the array metadata.
-    for attr in ("item_metadata", "tree"):
-        if hasattr(meta, attr):
-            meta = getattr(meta, attr)
-    return meta
-
-
-def _check_shapes(saved, target) -> None:
-    saved_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-    target_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(target)[0]}
-    if set(saved_flat) != set(target_flat):
-        missing = sorted(set(target_flat) - set(saved_flat))[:5]
-        extra = sorted(set(saved_flat) - set(target_flat))[:5]
-        raise ValueError(f"saved arrays do not match the configuration: missing {missing}, unexpected {extra}")
-    for k, t in target_flat.items():
-        s = saved_flat[k]
-        shape = tuple(getattr(s, "shape", ()))
-        if shape != tuple(t.shape):
-            raise ValueError(f"saved array {k} has shape {shape}; the configuration expects {tuple(t.shape)}")
