@@ -58,6 +58,31 @@ def test_contract(setup):
     np.testing.assert_allclose(part, s[:7], rtol=1e-4, atol=1e-4)
 
 
+def test_threshold_from_calibration_rows(setup):
+    # threshold_ is the (1 - contamination) quantile of the 80 held-out (calibration) rows' scores,
+    # not of all 400 training scores, 320 of which come from rows the networks were trained on
+    import copy
+    det, _, _, _ = setup
+    fresh = _make(np.random.default_rng(7), 1000)  # new normal samples
+    s = det.decision_function(fresh)  # predict(X) is s > threshold_ (test_contract)
+    assert 0.02 <= (s > det.threshold_).mean() <= 0.22  # about contamination = 0.1
+    assert det.threshold_ == pytest.approx(np.quantile(det.decision_scores_[-80:], 0.9))
+    np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_).astype(int))
+    # predict_proba(method="unify") standardises by the held-out rows' scores too
+    assert (det._mu, det._sigma) == pytest.approx((det.decision_scores_[-80:].mean(), det.decision_scores_[-80:].std()))
+    # memorised training rows (scored low) do not pull the threshold down: with the old rule
+    # (quantile of all rows) it would be ~0.49 here and flag ~half of the held-out rows
+    det1 = copy.copy(det)
+    det1.decision_scores_ = np.r_[np.full(320, -5.0), np.linspace(0.0, 1.0, 80)]
+    det1._process_decision_scores()
+    assert det1.threshold_ == pytest.approx(0.9)
+    assert det1.labels_[:320].sum() == 0 and det1.labels_[320:].mean() == pytest.approx(0.1, abs=0.02)
+    # rule without held-out rows (calibration_fraction=0): the quantile of every training score
+    det1.n_calibration_ = det1.n_train_
+    det1._process_decision_scores()
+    assert det1.threshold_ == pytest.approx(np.quantile(det1.decision_scores_, 0.9))
+
+
 def test_fusion_selects_score(setup):
     det, _, test, _ = setup
     d = det.decompose(test)

@@ -31,7 +31,9 @@ Training, in four stages, all on normal data:
    1-2; every normaliser below is fitted on them (the networks partly memorise their own training
    samples, whose errors are therefore too small to calibrate test scores on), for every presence
    pattern: a sample with a missing modality is compared with held-out normal samples evaluated
-   with the same modality missing, so it is not scored on another scale.
+   with the same modality missing, so it is not scored on another scale. The contamination
+   threshold `threshold_` is the (1 - contamination) quantile of the held-out rows' scores too
+   (`decision_scores_` keeps every training row's score); with no held-out rows, of all rows.
 4. Dynamic gate (fusion="dynamic"). A ModalityGate maps a per-sample context (presence, and the
    log mean square of each present modality's standardised embedding) to bounded log prior
    weights (|.| <= gate_bound) of the three normalised scores (early, late, cross); it is trained
@@ -623,6 +625,28 @@ class MultimodalDetector(BaseDetector):
             self.gate_trained_ = False
         self.n_train_ = n
         self.n_calibration_ = int(len(cal_rows))
+
+    def _process_decision_scores(self) -> None:
+        """`threshold_` (and the mean/std behind predict_proba(method="unify")) from the held-out
+        calibration rows' scores.
+
+        `decision_scores_` stays the scores of every training row (PyOD contract), but the
+        networks were trained on all rows except the calibration tail and score those rows low
+        (memorised), so a contamination quantile over all rows sits too low and predict() flags
+        far more than `contamination` of new normal samples. The calibration rows are normal
+        samples the networks never saw, as test samples are: their (1 - contamination) quantile
+        flags about `contamination` of new normal data. Rule when no rows were held out
+        (calibration_fraction=0, or fewer than 8 rows on either side of the split): the quantile
+        of all training scores, as in BaseDetector (biased low, the networks having seen them).
+        """
+        super()._process_decision_scores()
+        n_cal = int(getattr(self, "n_calibration_", 0))
+        if 0 < n_cal < len(self.decision_scores_):
+            cal = self.decision_scores_[-n_cal:]  # _calibration_split holds out the tail block
+            self.threshold_ = float(np.quantile(cal, 1.0 - self._check_contamination()))
+            self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+            self._mu = float(np.mean(cal))
+            self._sigma = float(np.std(cal))
 
     def _fit_normalizers(self, emb, rec, present) -> None:
         """Normalisers from (held-out) normal samples: per modality, and per presence pattern for the

@@ -3,7 +3,13 @@ r"""Multimodal benchmark: early / late / dynamic fusion vs unimodal scores and K
 Writes docs/results/multimodal.md (+ .json). Run from the repository root:
 
   flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.multimodal \
-      --configs=multimodal_mnist,multimodal_skab
+      --configs=multimodal_mnist --seeds=0,1,2
+  flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.multimodal \
+      --configs=multimodal_skab --seeds=0,1,2 --merge
+
+Each (config, seed) result is kept in the .json next to the markdown; `--merge` adds (or replaces)
+this run's results in it, so a campaign can be split into runs of under 15 minutes each. The
+markdown reports mean +- sd over the seeds present for each config.
 
 `--quick` uses the tiny sizes of experiments/configs/multimodal_tiny.py (a smoke test, not a result).
 
@@ -14,6 +20,9 @@ samples, standardised features; images reduced by PCA to 32 components, captions
 position) on each modality alone and on the concatenation. AUROC per anomaly kind is computed on
 the normal test samples plus the samples of that kind. Missing-modality robustness: `missing_key`
 is removed from a random 30% of the test samples (seed + 1) and every adiff score is recomputed.
+predict()'s flag rate on the normal test samples is reported for the detector's `threshold_` (the
+contamination quantile of the held-out calibration rows' scores) and, for comparison, for the
+quantile of all training rows' scores.
 """
 from __future__ import annotations
 
@@ -45,7 +54,9 @@ def define_flags() -> None:
     flags.DEFINE_string("data_root", str(DEFAULT_DATA_ROOT), "Root of the shared benchmark data.")
     flags.DEFINE_string("out", str(REPO / "docs" / "results" / "multimodal.md"), "Markdown output.")
     flags.DEFINE_boolean("quick", False, "Tiny sizes (smoke test of the script, not a result).")
-    flags.DEFINE_integer("seed", 0, "Seed (split, anomalies, networks).")
+    flags.DEFINE_list("seeds", ["0"], "Seeds (split, anomalies, networks); one fit per config and seed.")
+    flags.DEFINE_boolean("merge", False, "Add this run's results to those already in the .json output "
+                         "(same config and seed replaced) instead of starting afresh.")
 
 
 def load_split(cfg, root: pathlib.Path, seed: int):
@@ -140,6 +151,14 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
     for r, s in (("adiff early", dm.early), ("adiff late", dm.late), ("adiff dynamic", dm.dynamic)):
         missing[r] = auroc_by_kind(y, kinds, s)
     mean_w = {f"w_{c}": float(np.mean(d.weights[:, i])) for i, c in enumerate(("early", "late", "cross"))}
+    # predict()'s flag rate on the normal test samples (contamination = 0.1): the detector's
+    # threshold_ (quantile of the held-out calibration rows' scores) against the quantile of all
+    # training rows' scores (most of them seen, and partly memorised, by the networks)
+    normal = kinds == "normal"
+    all_rows = float(np.quantile(det.decision_scores_, 1.0 - det.contamination))
+    flag = {"contamination": float(det.contamination),
+            "threshold_calibration": float(np.mean(d.score[normal] > det.threshold_)),
+            "threshold_all_training": float(np.mean(d.score[normal] > all_rows))}
     # information ceiling with the modality missing: an anomaly whose evidence lies only in the
     # dropped modality (`evidence` in the config) can at best be ranked like a normal sample, so a
     # score with complete-data AUROC A cannot exceed (1 - f) A + f / 2 on that kind, f the fraction
@@ -152,38 +171,67 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
             needs = cfg.get("evidence", {}).get(kind, ())
             f = float(lost[kinds == kind].mean()) if cfg.missing_key in needs else 0.0
             ceiling[r][kind] = (1 - f) * a + f * 0.5
-    return {"name": name, "config": cfg.to_dict(), "n_train": int(len(next(iter(split.train.values())))),
+    return {"name": name, "seed": int(seed), "config": cfg.to_dict(), "n_train": int(len(next(iter(split.train.values())))),
             "n_test": int(len(y)), "counts": {str(k): int((kinds == k).sum()) for k in sorted(set(kinds))},
             "fit_s": fit_s, "score_s": score_s, "auroc": table, "missing": missing, "ceiling": ceiling,
-            "mean_weights": mean_w}
+            "mean_weights": mean_w, "flag_rate_normal": flag}
 
 
-def _markdown(results, argv_line, quick):
-    lines = ["# Multimodal anomaly detection: early, late and dynamic fusion", "",
-             f"Command: `{argv_line}`" + (" (QUICK smoke sizes: not a result)" if quick else ""), "",
-             "Data: ../shared/data/image/mnist (t10k split) and ../shared/data/timeseries/skab; "
-             "constructions in adiff/data/multimodal.py (module docstring). Seed: "
-             f"{results[0]['config']['seed'] if results else 0}; one seed.", ""]
-    for res in results:
+def _stat(values, sign: bool = False) -> str:
+    """'mean +- sd' over seeds (sd with ddof=1; just the value for one seed)."""
+    v = np.asarray(values, np.float64)
+    m = f"{v.mean():+.3f}" if sign else f"{v.mean():.3f}"
+    return f"{m} +- {v.std(ddof=1):.3f}" if len(v) > 1 else m
+
+
+def _markdown(results, command_lines, quick):
+    names = list(dict.fromkeys(r["name"] for r in results))
+    seeds = sorted({int(r.get("seed", r["config"]["seed"])) for r in results})
+    lines = ["# Multimodal anomaly detection: early, late and dynamic fusion", ""]
+    lines += ["Command" + ("s" if len(command_lines) > 1 else "") + ": "
+              + "; ".join(f"`{c}`" for c in command_lines) + (" (QUICK smoke sizes: not a result)" if quick else ""),
+              "", "Data: ../shared/data/image/mnist (t10k split) and ../shared/data/timeseries/skab; "
+              "constructions in adiff/data/multimodal.py (module docstring). Seeds: "
+              f"{', '.join(map(str, seeds))} (split, anomalies and networks); figures are mean +- sd "
+              "over the seeds (sd with ddof=1).", ""]
+    for name in names:
+        runs = sorted((r for r in results if r["name"] == name), key=lambda r: r.get("seed", 0))
+        res = runs[0]
         kinds = sorted(next(iter(res["auroc"].values())))
-        lines += [f"## {res['name']}", "",
-                  f"train {res['n_train']}, test {res['n_test']} ({res['counts']}); fit {res['fit_s']:.0f} s, "
-                  f"score {res['score_s']:.1f} s (CPU). Mean dynamic weights: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in res["mean_weights"].items()), "",
+        weights = {k: _stat([r["mean_weights"][k] for r in runs]) for k in res["mean_weights"]}
+        lines += [f"## {name}", "",
+                  f"Seeds {[r.get('seed') for r in runs]}; train {res['n_train']}, test {res['n_test']} "
+                  f"({res['counts']}); fit {np.mean([r['fit_s'] for r in runs]):.0f} s, score "
+                  f"{np.mean([r['score_s'] for r in runs]):.1f} s per seed (CPU). Mean dynamic weights: "
+                  + ", ".join(f"{k} {v}" for k, v in weights.items()), "",
                   "| AUROC | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
-        for r, v in res["auroc"].items():
-            lines.append(f"| {r} | " + " | ".join(f"{v[k]:.3f}" for k in kinds) + " |")
+        for r in res["auroc"]:
+            lines.append(f"| {r} | " + " | ".join(_stat([x["auroc"][r][k] for x in runs]) for k in kinds) + " |")
         key = res["config"]["missing_key"]
         lines += ["", f"With `{key}` missing for {res['config']['missing_fraction']:.0%} of the test samples "
                   "(AUROC, the drop from the complete test set, and in brackets the information "
                   "ceiling (1 - f) A + f/2 for kinds whose evidence lies only in the dropped modality, "
-                  "A = complete-data AUROC, f = fraction of that kind's samples that lost it):", "",
+                  "A = complete-data AUROC, f = fraction of that kind's samples that lost it; each "
+                  "mean +- sd over the seeds):", "",
                   "| AUROC (missing) | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
-        for r, v in res["missing"].items():
-            full, ceil = res["auroc"][r], res.get("ceiling", {}).get(r, {})
-            lines.append(f"| {r} | " + " | ".join(
-                f"{v[k]:.3f} ({v[k] - full[k]:+.3f}) [{ceil.get(k, full[k]):.3f}]" for k in kinds) + " |")
-        lines.append("")
+        for r in res["missing"]:
+            cells = []
+            for k in kinds:
+                miss = [x["missing"][r][k] for x in runs]
+                drop = [x["missing"][r][k] - x["auroc"][r][k] for x in runs]
+                ceil = [x.get("ceiling", {}).get(r, {}).get(k, x["auroc"][r][k]) for x in runs]
+                cells.append(f"{_stat(miss)} ({_stat(drop, sign=True)}) [{_stat(ceil)}]")
+            lines.append(f"| {r} | " + " | ".join(cells) + " |")
+        if all("flag_rate_normal" in x for x in runs):
+            fr = [x["flag_rate_normal"] for x in runs]
+            lines += ["", f"predict() on the normal test samples (contamination {fr[0]['contamination']}): flags "
+                      f"{_stat([f['threshold_calibration'] for f in fr])} with `threshold_` from the held-out "
+                      f"calibration rows, {_stat([f['threshold_all_training'] for f in fr])} with the quantile "
+                      "of all training rows' scores."]
+        gaps = {k: [x["auroc"]["adiff dynamic"][k] - max(x["auroc"]["adiff early"][k], x["auroc"]["adiff late"][k])
+                    for x in runs] for k in kinds}
+        lines += ["", "Dynamic minus max(early, late), per seed: " + "; ".join(
+            f"{k} " + ", ".join(f"{g:+.3f}" for g in v) for k, v in gaps.items()), ""]
     return "\n".join(lines)
 
 
@@ -191,12 +239,26 @@ def main(argv):
     del argv
     import sys
     root = pathlib.Path(FLAGS.data_root)
-    results = [run_one(name, root, FLAGS.seed, FLAGS.quick) for name in FLAGS.configs]
     out = pathlib.Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     argv_line = "python -m experiments.benchmarks.multimodal " + " ".join(sys.argv[1:])
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
-    out.write_text(_markdown(results, argv_line, FLAGS.quick))
+    old = {"results": [], "commands": []}
+    if FLAGS.merge and out.with_suffix(".json").exists():
+        loaded = json.loads(out.with_suffix(".json").read_text())
+        old = loaded if isinstance(loaded, dict) else {"results": loaded, "commands": []}
+    results = list(old["results"])
+    for name in FLAGS.configs:
+        for seed in (int(s) for s in FLAGS.seeds):
+            res = run_one(name, root, seed, FLAGS.quick)
+            results = [r for r in results if (r["name"], r.get("seed")) != (name, seed)] + [res]
+            print(f"{name} seed {seed}: fit {res['fit_s']:.0f} s; "
+                  + json.dumps({r: {k: round(v, 3) for k, v in a.items()} for r, a in res["auroc"].items()
+                                if r.startswith("adiff") and "unimodal" not in r}), flush=True)
+            # written after every fit, so a run stopped by its time limit keeps what it finished
+            commands = list(dict.fromkeys(old["commands"] + [argv_line]))
+            out.with_suffix(".json").write_text(json.dumps({"commands": commands, "results": results},
+                                                           indent=1, default=str))
+            out.write_text(_markdown(results, commands, FLAGS.quick))
     print(out.read_text())
 
 
