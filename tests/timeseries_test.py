@@ -39,6 +39,10 @@ def test_univariate_contract_and_planted_anomaly(uni):
     assert metrics.auroc(y, s) > 0.9
     r = det.paradigm_scores(test, "reconstruction")
     assert r.shape == (400,) and metrics.auroc(y, r) > 0.9
+    # density-style denoising error (fixed noise draws): deterministic, spike ranked on top.
+    d = det.paradigm_scores(test, "denoising")
+    assert d.shape == (400,) and metrics.auroc(y, d) > 0.9 and np.argmax(d) in range(146, 158)
+    np.testing.assert_array_equal(det.paradigm_scores(test, "denoising"), d)
     # every step has a score, the first and last included, and the spike is the top region.
     assert s[0] > 0 and s[-1] > 0
     assert np.argmax(s) in range(146, 158)
@@ -100,6 +104,8 @@ def test_input_errors(uni):
         TimeSeriesDetector(window=8, score_stride=9).fit(test)
     with pytest.raises(ValueError, match="num_heads"):
         TimeSeriesDetector(channels=6, num_heads=4).fit(test)
+    with pytest.raises(ValueError, match="denoise_t"):
+        TimeSeriesDetector(denoise_t=(0.0005,)).fit(test)
     with pytest.raises(ValueError, match="scoring"):
         det.paradigm_scores(test, "dte")
     with pytest.raises(RuntimeError, match="not fitted"):
@@ -157,3 +163,26 @@ def test_save_load_identical_scores(uni, tmp_path):
     (tmp_path / "det" / "adiff.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="shape"):
         base.load(tmp_path / "det")
+
+
+def test_benchmark_window_scorers_centre_assignment_and_dte_np():
+    from experiments.benchmarks import timeseries as bench
+    # centre rule (DESIGN.md): a window's score lands on its centre step, the edges take the
+    # nearest centre's score; "mean" averages the covering windows.
+    starts = np.arange(7)  # windows of length 4 over 10 steps
+    w = np.arange(7, dtype=float) * 10
+    c = bench._per_step(w, starts, 4, 10, "centre")
+    np.testing.assert_array_equal(c, [0, 0, 0, 10, 20, 30, 40, 50, 60, 60])
+    m = bench._per_step(w, starts, 4, 10, "mean")
+    np.testing.assert_allclose(m[[0, 1, 4, 9]], [0, 5, 25, 60])
+    with pytest.raises(ValueError, match="assign"):
+        bench._per_step(w, starts, 4, 10, "last")
+    # the non-parametric DTE window scorer ranks a planted spike above the normal steps.
+    train, test = _sine(400, 5, channels=2), _sine(200, 6, channels=2)
+    y = np.zeros(200, int)
+    test[100:103, 0] += 3.0
+    y[100:103] = 1
+    for assign in ("centre", "mean"):
+        s = bench.baseline_scores("DTE-NP", train, test, 8, seed=0, assign=assign)
+        assert s.shape == (200,) and np.isfinite(s).all()
+        assert metrics.auroc(y, s) > 0.9, assign

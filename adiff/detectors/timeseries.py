@@ -15,6 +15,12 @@ convolutions, channel mixing and self-attention over time) conditioned on
   (replacement) and given to the network as conditioning; the error of the imputation's
   x0-prediction on the hidden entries is averaged over the last `num_levels` noise levels of the
   trajectory and over the masks.
+- "denoising" (a density-style scorer from the same network, in the spirit of the diffusion
+  ELBO's denoising terms, unweighted): each window is noised to every time of `denoise_t` with
+  noise drawn once from a fixed key (the same draws for every window: common random numbers),
+  the network predicts x0 in its unconditional mode in one evaluation per level, and the squared
+  x0 error per entry, averaged over the levels, is the anomaly map. No solver; `len(denoise_t)`
+  network evaluations per window.
 
 The network is trained once, by denoising score matching on windows of the training series, on
 the hidden entries of a training mask drawn per window: all entries (unconditional, the mode
@@ -50,7 +56,7 @@ from adiff.detectors.base import BaseDetector
 from adiff.nets.temporal import TemporalNet
 from adiff.training import trainer
 
-SCORINGS = ("reconstruction", "imputation")
+SCORINGS = ("reconstruction", "imputation", "denoising")
 COMBINES = ("mean", "centre")
 # v-prediction: its x0 error does not blow up as alpha_t -> 0 (eps-prediction's is scaled by
 # sigma_t / alpha_t, ~150 at T), which the imputation trajectory from the prior needs.
@@ -104,7 +110,7 @@ def _grid_mask(length: int, channels: int, num_masks: int, block: int, k) -> jax
 @functools.lru_cache(maxsize=32)
 def _scorer(net_cfg: Tuple, paradigm: str, t0: Tuple[float, ...], solver_steps: int,
             num_grid: int, num_random: int, mask_ratio: float, block: int, num_levels: int,
-            x0_bound: float):
+            x0_bound: float, denoise_t: Tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)):
     """A jitted fn(params, x [B,L,C], obs [B,L,C], key) -> (err_sum, count), both [B, L, C].
 
     err_sum is the sum of per-entry squared errors over the estimates made for each entry
@@ -121,6 +127,25 @@ def _scorer(net_cfg: Tuple, paradigm: str, t0: Tuple[float, ...], solver_steps: 
             maps = scoring_lib.reconstruction(score_fn, sde, x, key, t0=t0,
                                               num_steps=solver_steps).maps
             return maps * obs, obs
+        return jax.jit(fn)
+
+    if paradigm == "denoising":
+        levels = np.asarray(denoise_t, np.float32)
+
+        def fn(params, x, obs, key):
+            del key  # fixed draws: the same noise for every window and batch
+            cond = _cond(x, jnp.zeros_like(obs), obs)
+            err = jnp.zeros_like(x)
+            for j, t in enumerate(levels):
+                k_j = jax.random.fold_in(jax.random.key(1234), j)
+                z = jax.random.normal(k_j, x.shape[1:], x.dtype)  # [L, C], shared by all windows
+                a, s = sde.alpha(t), sde.sigma(t)
+                xt = a * x + s * z[None]
+                out = net.apply(params, xt, jnp.full((x.shape[0],), t), cond)
+                x0 = parameterization.to_x0(out, xt, a, s, PARAMETERIZATION)
+                x0 = jnp.clip(x0, -x0_bound, x0_bound)
+                err = err + jnp.square(x0 - x) / len(levels)
+            return err * obs, obs
         return jax.jit(fn)
 
     t_end = 1e-3
@@ -182,7 +207,7 @@ class TimeSeriesDetector(BaseDetector):
     """Diffusion anomaly detector for series [T] or [T, C]; one score per time step.
 
     Args:
-      scoring: "imputation" (default) or "reconstruction" (see the module docstring).
+      scoring: "imputation" (default), "reconstruction" or "denoising" (see the module docstring).
       contamination: expected fraction of anomalous steps, in (0, 0.5]; sets `threshold_`.
       seed: random seed (initialisation, training order, masks and noise).
       window: window length L (steps); series must have at least L steps.
@@ -202,7 +227,8 @@ class TimeSeriesDetector(BaseDetector):
       batch_size: training windows per step (capped at the number of windows).
       learning_rate: AdamW peak learning rate (cosine schedule, warm-up).
       uncond_prob: probability that a training window hides every entry (the unconditional mode
-        used by reconstruction); None: 1.0 for "reconstruction", 0.2 for "imputation".
+        used by reconstruction and denoising); None: 1.0 for "reconstruction" and "denoising",
+        0.2 for "imputation".
       mask_rate: probability of dropping each observed entry during training (robustness to
         missing values); 0 disables.
       num_grid_masks: grid masks of the imputation scorer (every entry hidden once), >= 2, or 0.
@@ -212,6 +238,7 @@ class TimeSeriesDetector(BaseDetector):
       num_levels: noise levels (last DDIM steps) whose x0-predictions are averaged (imputation).
       t0: partial-diffusion start times of "reconstruction".
       solver_steps: DDIM steps (reconstruction: from t0; imputation: from T).
+      denoise_t: diffusion times of "denoising" (one network evaluation each).
       clip: z-scored values are clipped to [-clip, clip] (None: no clipping).
       score_batch_size: windows per scoring batch; scoring streams over the series one batch at a
         time, so memory beyond the input and the [T] scores stays flat in T.
@@ -228,6 +255,7 @@ class TimeSeriesDetector(BaseDetector):
                  num_grid_masks: int = 2, num_random_masks: int = 2, mask_ratio: float = 0.25,
                  grid_block: int | None = None, num_levels: int = 3,
                  t0: Sequence[float] = (0.1, 0.3), solver_steps: int = 10,
+                 denoise_t: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
                  clip: float | None = 10.0, score_batch_size: int = 128, verbose: bool = False):
         self.scoring = scoring
         self.contamination = contamination
@@ -255,6 +283,7 @@ class TimeSeriesDetector(BaseDetector):
         self.num_levels = num_levels
         self.t0 = tuple(t0)
         self.solver_steps = solver_steps
+        self.denoise_t = tuple(denoise_t)
         self.clip = clip
         self.score_batch_size = score_batch_size
         self.verbose = verbose
@@ -295,6 +324,9 @@ class TimeSeriesDetector(BaseDetector):
                                       inclusive_low=True)
         if not self.t0 or any(not 0.001 < float(t) <= 1.0 for t in self.t0):
             raise ValueError(f"t0 must be a non-empty sequence of times in (0.001, 1], got {self.t0!r}")
+        if not self.denoise_t or any(not 0.001 < float(t) <= 1.0 for t in self.denoise_t):
+            raise ValueError(f"denoise_t must be a non-empty sequence of times in (0.001, 1], got "
+                             f"{self.denoise_t!r}")
         if self.clip is not None and not float(self.clip) > 0:
             raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
         validation.check_positive_int(self.batch_size, name="batch_size")
@@ -362,7 +394,7 @@ class TimeSeriesDetector(BaseDetector):
         net, sde = _net(self._net_cfg), sde_lib.VPSDE()
         params = self._init_params(jax.random.key(self.seed), c)
         uncond = self.uncond_prob if self.uncond_prob is not None else (
-            1.0 if self.scoring == "reconstruction" else 0.2)
+            1.0 if self.scoring in ("reconstruction", "denoising") else 0.2)
         uncond, mask_rate, ratio = float(uncond), float(self.mask_rate), float(self.mask_ratio)
         num_grid, block = max(int(self.num_grid_masks), 2), self._block
 
@@ -466,7 +498,8 @@ class TimeSeriesDetector(BaseDetector):
         fn = _scorer(self._net_cfg, scoring, tuple(float(v) for v in self.t0), int(self.solver_steps),
                      int(self.num_grid_masks), int(self.num_random_masks), float(self.mask_ratio),
                      self._block, int(self.num_levels),
-                     float(self.clip) if self.clip is not None else 1e3)
+                     float(self.clip) if self.clip is not None else 1e3,
+                     tuple(float(v) for v in self.denoise_t))
         params = jax.tree.map(jnp.asarray, self.params_)
         span = (bs - 1) * s + l  # padded steps one batch of windows covers
         err_acc = np.zeros((span, c), np.float64)
@@ -539,7 +572,7 @@ class TimeSeriesDetector(BaseDetector):
 
         Args:
           X: series [T] or [T, C] (NaN = missing), T >= window.
-          scoring: "reconstruction" or "imputation".
+          scoring: "reconstruction", "imputation" or "denoising".
 
         Returns:
           [T] scores (higher = more anomalous); not calibrated to `threshold_` unless

@@ -10,18 +10,28 @@ point-adjusted F1 in a separate legacy column. No threshold is tuned on test lab
 PA-F1 are oracle-threshold figures, labelled so).
 
 Methods, all on the same z-scored series and the same windows of length --window:
-- adiff imputation / adiff reconstruction: one TimeSeriesDetector per series (per SKAB: one on
-  anomaly-free.csv), trained once with both training modes (--uncond_prob), scored by both
-  paradigms from the same network.
-- IForest, KNN (PyOD defaults, n_neighbors=5, largest distance) and PCA reconstruction error
-  (scikit-learn PCA keeping 95% of the variance) on flattened sliding windows [L * C]; training
-  windows at a stride that keeps at most --max_baseline_windows of them; window scores are
-  averaged over the windows covering each step, as the detector does.
+- adiff imputation / reconstruction / denoising: one TimeSeriesDetector per series (per SKAB: one
+  on anomaly-free.csv), trained once with both training modes (--uncond_prob), scored by the three
+  paradigms from the same network; their per-entry errors are averaged over the windows covering
+  a step (the detector's combine="mean").
+- Window scorers without a network: IForest, KNN (PyOD defaults, n_neighbors=5, largest distance),
+  PCA reconstruction error (scikit-learn PCA keeping 95% of the variance) and adiff-dte_np
+  (adiff.scoring.dte_nonparametric, k=5) on flattened sliding windows [L * C]; training windows at
+  a stride that keeps at most --max_baseline_windows of them; a window's score goes to its centre
+  step, the edges padded with the nearest centre (DESIGN.md; --assign=mean averages the covering
+  windows instead, the rule before session 4).
 
 Run (repository root; the CPU is shared, so take the lock):
 
   flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.timeseries \
       --datasets=asd,skab,nab --max_entities=12 --nab_max_series=12
+
+  # the same in pieces of < 15 minutes: later pieces add to the JSON (--merge); a piece with
+  # --entity_offset=0 restarts its dataset, one with an offset continues it
+  # (docs/results/timeseries.md was produced so, each piece under flock ... timeout 900)
+  ... --datasets=skab,nab --max_entities=40 --nab_max_series=6 \
+      && ... --datasets=asd --max_entities=6 --merge \
+      && ... --datasets=asd --entity_offset=6 --max_entities=6 --merge
 
   # scaling: score a 1,000,000-step series with an unchanged detector (peak RSS and time)
   python -m experiments.benchmarks.timeseries --datasets= --scaling_steps=1000000
@@ -53,15 +63,27 @@ def define_flags() -> None:
     flags.DEFINE_list("datasets", ["asd", "skab", "nab"], "Datasets to run (asd, skab, nab).")
     flags.DEFINE_string("data_dir", str(DEFAULT_DATA_DIR), "Directory holding asd/, skab/ and nab/.")
     flags.DEFINE_integer("max_entities", 12, "At most this many ASD entities / SKAB runs.")
+    flags.DEFINE_integer("entity_offset", 0, "Skip the first this many ASD entities / SKAB runs "
+                         "(split a long campaign into pieces; use with --merge).")
+    flags.DEFINE_bool("merge", False, "Keep the rows already in the JSON beside --output and add "
+                      "(or replace) the series of this run, instead of starting the dataset afresh.")
     flags.DEFINE_integer("nab_max_series", 12, "At most this many NAB series (with anomalies in the "
                          "test part), taken round-robin over the categories in name order.")
-    flags.DEFINE_list("paradigms", ["imputation", "reconstruction"], "adiff scoring paradigms.")
-    flags.DEFINE_list("baselines", ["IForest", "KNN", "PCA"], "Window baselines.")
+    flags.DEFINE_list("paradigms", ["imputation", "reconstruction", "denoising"],
+                      "adiff scoring paradigms of the network (TimeSeriesDetector.paradigm_scores).")
+    flags.DEFINE_list("baselines", ["IForest", "KNN", "PCA", "DTE-NP"],
+                      "Window scorers without a network: PyOD IForest / KNN, PCA, and adiff's "
+                      "non-parametric DTE (adiff.scoring.dte_nonparametric, row 'adiff-dte_np').")
     flags.DEFINE_integer("seed", 0, "Seed of the detector and the baselines.")
     flags.DEFINE_integer("window", None, "Override the config's window length L (detector and baselines).")
     flags.DEFINE_integer("train_steps", None, "Override the config's detector training steps.")
     flags.DEFINE_integer("channels", None, "Override the config's TemporalNet width.")
     flags.DEFINE_integer("max_baseline_windows", 3000, "Cap on baseline training windows.")
+    flags.DEFINE_enum("assign", "centre", ["centre", "mean"], "How a window scorer's window scores "
+                      "become step scores: 'centre' (DESIGN.md: the window's centre step, the "
+                      "first / last L // 2 steps take the nearest centre's score) or 'mean' (the "
+                      "mean over the windows covering a step; the benchmark's rule before "
+                      "session 4).")
     flags.DEFINE_integer("scaling_steps", 0, "If > 0, score a synthetic series of this many steps.")
     flags.DEFINE_string("output", str(REPO / "docs" / "results" / "timeseries.md"), "Results file.")
 
@@ -93,7 +115,23 @@ def _windows(values: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, 
     return values[idx].reshape(len(starts), -1), starts
 
 
-def _per_step(window_scores: np.ndarray, starts: np.ndarray, length: int, n: int) -> np.ndarray:
+def _per_step(window_scores: np.ndarray, starts: np.ndarray, length: int, n: int,
+              assign: str = "centre") -> np.ndarray:
+    """Step scores [n] from window scores [W] of the windows starting at `starts` (stride 1).
+
+    "centre": a window's score goes to its centre step starts + length // 2 (DESIGN.md's
+    time-series protocol); the steps before the first centre / after the last take the nearest
+    centre's score (edges padded). "mean": each step averages the windows covering it.
+    """
+    if assign == "centre":
+        out = np.empty(n)
+        centre = starts + length // 2
+        out[centre] = window_scores
+        out[:centre[0]] = window_scores[0]
+        out[centre[-1] + 1:] = window_scores[-1]
+        return out
+    if assign != "mean":
+        raise ValueError(f"assign must be 'centre' or 'mean', got {assign!r}")
     acc, cnt = np.zeros(n), np.zeros(n)
     for j in range(length):
         acc[starts + j] += window_scores
@@ -102,7 +140,7 @@ def _per_step(window_scores: np.ndarray, starts: np.ndarray, length: int, n: int
 
 
 def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int, *, seed: int,
-                    max_windows: int = 3000) -> np.ndarray:
+                    max_windows: int = 3000, assign: str = "centre") -> np.ndarray:
     """Per-step scores [T_test] of a window baseline ("IForest", "KNN" or "PCA").
 
     Args:
@@ -112,9 +150,10 @@ def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int,
       length: window length L; windows are flattened to [L * C].
       seed: seed of IForest / PCA.
       max_windows: cap on the training windows (the stride is raised to keep at most this many).
+      assign: "centre" or "mean", see `_per_step`.
 
     Returns:
-      [T_test] scores: window scores averaged over the windows covering each step.
+      [T_test] scores: the window scores assigned to steps by `assign`.
     """
     stride = max(1, int(np.ceil((len(train) - length + 1) / max_windows)))
     w_train, _ = _windows(train, length, stride)
@@ -125,14 +164,17 @@ def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int,
     elif name == "KNN":
         from pyod.models.knn import KNN  # pylint: disable=import-outside-toplevel
         s = KNN().fit(w_train).decision_function(w_test)
+    elif name == "DTE-NP":
+        from adiff import scoring  # pylint: disable=import-outside-toplevel
+        s = scoring.dte_nonparametric(w_train.astype(np.float32), w_test.astype(np.float32), k=5).scores
     elif name == "PCA":
         from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
         pca = PCA(n_components=0.95, svd_solver="full", random_state=seed).fit(w_train)
         rec = pca.inverse_transform(pca.transform(w_test))
         s = np.mean(np.square(w_test - rec), axis=1)
     else:
-        raise ValueError(f"unknown baseline {name!r}; choose IForest, KNN or PCA")
-    return _per_step(np.asarray(s, np.float64), starts, length, len(test))
+        raise ValueError(f"unknown baseline {name!r}; choose IForest, KNN, PCA or DTE-NP")
+    return _per_step(np.asarray(s, np.float64), starts, length, len(test), assign)
 
 
 def series_metrics(y: np.ndarray, s: np.ndarray, vus_win: int) -> Dict[str, float]:
@@ -195,10 +237,12 @@ def _splits(dataset: str):
     from adiff.data import timeseries as tsd  # pylint: disable=import-outside-toplevel
     root = pathlib.Path(FLAGS.data_dir)
     if dataset == "asd":
-        for e in tsd.asd_entities(root / "asd")[:FLAGS.max_entities]:
+        off = FLAGS.entity_offset
+        for e in tsd.asd_entities(root / "asd")[off:off + FLAGS.max_entities]:
             yield e, load_series(f"asd:{e}", root)
     elif dataset == "skab":
-        for r in tsd.skab_runs(root / "skab")[:FLAGS.max_entities]:
+        off = FLAGS.entity_offset
+        for r in tsd.skab_runs(root / "skab")[off:off + FLAGS.max_entities]:
             yield r, load_series(f"skab:{r}", root)
     elif dataset == "nab":
         by_cat: Dict[str, List[str]] = {}
@@ -251,9 +295,10 @@ def run_dataset(dataset: str, results: Dict) -> None:
         z_test, _ = det.transform(test)
         for b in FLAGS.baselines:
             t = time.perf_counter()
-            scores[b] = baseline_scores(b, z_train, z_test, det.window, seed=FLAGS.seed,
-                                        max_windows=FLAGS.max_baseline_windows)
-            row["seconds"][b] = {"fit": 0.0, "score": time.perf_counter() - t}  # fit+score together
+            key = "adiff-dte_np" if b == "DTE-NP" else b
+            scores[key] = baseline_scores(b, z_train, z_test, det.window, seed=FLAGS.seed,
+                                          max_windows=FLAGS.max_baseline_windows, assign=FLAGS.assign)
+            row["seconds"][key] = {"fit": 0.0, "score": time.perf_counter() - t}  # fit+score together
         row["metrics"] = {k: series_metrics(labels, s, vus_win) for k, s in scores.items()}
         rows[name] = row
         line = "  ".join(f"{k} {v['vus_pr']:.3f}" for k, v in row["metrics"].items())
@@ -273,11 +318,12 @@ def _mean_table(rows: Dict) -> List[str]:
         n_tr = sum(r["n_train"] for r in rows.values())
         n_te = sum(r["n_test"] for r in rows.values())
         fit = sum(r["seconds"][m]["fit"] for r in rows.values())
-        if m.startswith("adiff") and len({r["seconds"][m]["fit"] for r in rows.values()}) == 1:
+        net = m.startswith("adiff") and m != "adiff-dte_np"  # a fitted network
+        if net and len({r["seconds"][m]["fit"] for r in rows.values()}) == 1:
             fit = next(iter(rows.values()))["seconds"][m]["fit"]  # one shared model (SKAB)
             n_tr = next(iter(rows.values()))["n_train"]
         score = sum(r["seconds"][m]["score"] for r in rows.values())
-        fit_txt = f"{1e4 * fit / n_tr:.1f}" if m.startswith("adiff") else "(in score)"
+        fit_txt = f"{1e4 * fit / n_tr:.1f}" if net else "(in score)"
         name = f"**{m}**" if m == best else m
         out.append(f"| {name} | {vals['vus_pr']:.3f} | {vals['auc_pr']:.3f} | {vals['auroc']:.3f} | "
                    f"{vals['best_f1']:.3f} | {vals['pa_f1']:.3f} | {fit_txt} | {1e4 * score / n_te:.1f} |")
@@ -302,12 +348,14 @@ def _write(results: Dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     json_path = path.with_suffix(".json")
     json_path.write_text(json.dumps(results, indent=1, default=float))
-    cmd = "python -m experiments.benchmarks.timeseries " + " ".join(sys.argv[1:])
+    cmds = results.get("commands") or [
+        "python -m experiments.benchmarks.timeseries " + " ".join(sys.argv[1:])]
+    cmd = "\n    ".join(cmds)
     lines = [
         "# Time-series anomaly detection: adiff vs window baselines",
         "",
         "Produced by `experiments/benchmarks/timeseries.py` (issue 5); every figure below comes "
-        f"from one run of:\n\n    {cmd}\n",
+        f"from {'one run' if len(cmds) == 1 else 'these runs (merged)'} of:\n\n    {cmd}\n",
         f"Data: `{FLAGS.data_dir}` (the staged copies of ASD / InterFusion, SKAB and NAB; see "
         "../shared/data/README.md). Seed {seed}; machine: {plat}, CPU only, 2 cores shared with "
         "other jobs (timings are indicative).".format(seed=FLAGS.seed, plat=platform.platform()),
@@ -323,18 +371,26 @@ def _write(results: Dict) -> None:
         "(oracle).",
         "",
         "adiff: `TimeSeriesDetector(**experiments/configs/ts_<dataset>.py detector)` = "
-        + "; ".join(f"{ds}: `{_det_kwargs(ds)}`" for ds in results if ds != "scaling")
-        + ". One network per series (per dataset for SKAB) scored by both paradigms from the "
+        + "; ".join(f"{ds}: `{_det_kwargs(ds)}`" for ds in results if ds in ("asd", "skab", "nab"))
+        + ". One network per series (per dataset for SKAB) scored by three paradigms from the "
         "same network (`paradigm_scores`): imputation (grid + random masks, x0-predictions of the "
-        "last DDIM steps) and reconstruction (t0 = 0.1 and 0.3). Fit seconds include scoring "
-        "the training series (PyOD's decision_scores_). Baselines: PyOD IForest (100 "
-        "trees), PyOD KNN (k = 5, largest), PCA reconstruction error (95% variance), on "
-        "flattened windows of the detector's length (stride 1 at test, training windows capped "
-        f"at {FLAGS.max_baseline_windows}); window scores averaged per step.",
+        "last DDIM steps), reconstruction (t0 = 0.1 and 0.3) and denoising (density-style: x0 "
+        "error after noising to t = 0.05, 0.1, 0.2, 0.3 with fixed noise draws, one network "
+        "evaluation per level); these give per-entry errors, averaged over the windows covering "
+        "a step (combine='mean'). Fit seconds include scoring the training series (PyOD's "
+        "decision_scores_). Window scorers without a network, on flattened z-scored windows of "
+        "the detector's length (stride 1 at test, training windows capped at "
+        f"{FLAGS.max_baseline_windows}): PyOD IForest (100 trees), PyOD KNN (k = 5, largest), "
+        "PCA reconstruction error (95% variance) and adiff-dte_np (adiff.scoring."
+        "dte_nonparametric, k = 5, posterior-mean diffusion time; an extra paradigm of adiff, "
+        "not a diffusion network). Their window scores go to "
+        + ("the window's centre step, edges padded with the nearest centre (DESIGN.md)"
+           if FLAGS.assign == "centre" else "every step, averaged over the covering windows")
+        + ".",
         "",
     ]
     for ds, rows in results.items():
-        if ds == "scaling" or not rows:
+        if ds not in ("asd", "skab", "nab") or not rows:
             continue
         lines += [f"## {ds.upper()} ({len(rows)} series): mean over series", ""] + _mean_table(rows) + [
             "", f"VUS-PR per series ({ds.upper()}); bold = best:", ""] + _entity_table(rows) + [""]
@@ -347,7 +403,26 @@ def _write(results: Dict) -> None:
                   f"{s['n_train']} steps; RSS before scoring {s['rss_before_mib']:.0f} MiB).", ""]
     if "notes" in results:
         lines += ["## Notes", ""] + results["notes"] + [""]
+    lines += _kept_sections(path)
     path.write_text("\n".join(lines))
+
+
+# Sections of the results page written by hand (findings, the SKAB protocol check) or by another
+# script (the scaling benchmark of experiments/benchmarks/timeseries_scale.py): carried over when
+# the page is rewritten, each up to the next "## " heading.
+KEPT_SECTIONS = ("## Findings", "## SKAB protocol check", "## Scaling: scoring a long series")
+
+
+def _kept_sections(path: pathlib.Path) -> List[str]:
+    if not path.exists():
+        return []
+    out, keep = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(KEPT_SECTIONS)
+        if keep:
+            out.append(line)
+    return out + ([""] if out else [])
 
 
 def _rss_mib() -> float:
@@ -373,9 +448,14 @@ def run_scaling(results: Dict) -> None:
 def main(argv):
     del argv
     path = pathlib.Path(FLAGS.output).with_suffix(".json")
-    results = json.loads(path.read_text()) if path.exists() and not FLAGS.datasets else {}
+    keep = path.exists() and (FLAGS.merge or not FLAGS.datasets)
+    results = json.loads(path.read_text()) if keep else {}
+    cmd = ("flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.timeseries "
+           + " ".join(sys.argv[1:]))
+    results["commands"] = (results.get("commands", []) if FLAGS.merge else []) + [cmd]
     for ds in FLAGS.datasets:
-        results.pop(ds, None)
+        if not FLAGS.merge or FLAGS.entity_offset == 0:
+            results.pop(ds, None)  # a dataset starts afresh unless this run continues it
         run_dataset(ds, results)
     if FLAGS.scaling_steps > 0:
         run_scaling(results)
