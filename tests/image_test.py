@@ -100,6 +100,7 @@ def test_blob_ranked_high_and_localised(gray):
     dict(map_scales=(1, 2, 4), map_sigma=1.0, image_score="max"),
     dict(solver="dpm_solver_pp"),
     dict(t0=(0.2, 0.4), repeats=2, distance="absolute"),
+    dict(scoring="denoise", t0=(0.2, 0.4), repeats=2, image_score="topk"),
 ])
 def test_each_remedy_runs_and_separates(gray, option):
     det, _, test, labels, _ = gray
@@ -112,6 +113,33 @@ def test_each_remedy_runs_and_separates(gray, option):
     assert res.scores.shape == (32,) and res.maps.shape == (32, 16, 16)
     assert np.isfinite(res.scores).all() and np.isfinite(res.maps).all()
     assert metrics.auroc(labels, res.scores) > 0.75, option
+
+
+def test_denoise_is_the_x0_error_and_independent_of_the_batch(gray):
+    det, _, test, labels, masks = gray
+    params = det.get_params()
+    try:
+        det.set_params(scoring="denoise", t0=(0.3,), repeats=2, image_score="mean", map_sigma=0.0)
+        res = det.analyze(test)
+        # fixed (common) noise draws: an image's score does not depend on its batch-mates
+        alone = det.decision_function(test[20:21])
+        np.testing.assert_allclose(alone, res.scores[20:21], rtol=1e-5)
+        # the map is the squared error of the one-step clean-image estimate, recomputed by hand
+        net, sde = det._unet(), det._sde
+        x = 2.0 * jnp.asarray(test[:3]) - 1.0
+        t = 0.3
+        want = 0.0
+        for i in range(2):
+            z = jax.random.normal(jax.random.fold_in(jax.random.key(det.seed + 13), i), (1,) + x.shape[1:])
+            x_t = sde.alpha(t) * x + sde.sigma(t) * z
+            x0 = (x_t - sde.sigma(t) * net.apply(det.model_["unet"], x_t, jnp.full((3,), t))) / sde.alpha(t)
+            want = want + jnp.mean((x0 - x) ** 2, axis=-1) / 2
+        np.testing.assert_allclose(res.maps[:3], np.asarray(want), rtol=2e-4, atol=1e-6)
+    finally:
+        det.set_params(**{k: params[k] for k in ("scoring", "t0", "repeats", "image_score", "map_sigma")})
+    # the planted blobs are where the denoising error is
+    anomalous = labels == 1
+    assert metrics.pixel_auroc(masks[anomalous], res.maps[anomalous]) > 0.85
 
 
 def test_masked_covers_every_pixel_and_guidance_pulls_to_input(gray):

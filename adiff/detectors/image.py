@@ -24,6 +24,18 @@ Efficiency: `solver="ddim"` or `"dpm_solver_pp"` with few `solver_steps` (<= 10)
 works on its [h/f, w/f, Cz] latents (standardised by their training std); reconstructions are
 decoded and the maps are taken in pixel space against the input.
 
+Density-style scorers (no reconstruction, hence no identity shortcut to remedy):
+- `scoring="denoise"`: the one-step denoising error. For each time t in `t0` and each of `repeats`
+  noise draws z (fixed draws, the same for every image: common random numbers keep scores of
+  different images comparable), the input is noised to x_t = alpha_t x + sigma_t z and the
+  network's clean-image estimate x0_hat = (x_t - sigma_t eps_hat) / alpha_t is compared with x per
+  pixel; the map is the mean squared error over times and draws (in pixel space for latent
+  diffusion: the estimate is decoded). It is a Monte-Carlo estimate of the denoising
+  (ELBO-type) loss of the image restricted to a band of noise levels, so regions the model
+  finds unlikely get large errors. Mid-range times (0.3 - 0.7 on the VP SDE) carry the shape
+  information; small times only local texture.
+- `scoring="score_norm"`: the norm of sigma_t times the score at small times (`t0`).
+
 Maps: per-pixel distance between the input and its reconstruction, averaged over channels, over
 `map_scales` (distance between 2x2, 4x4, ... average-pooled images, upsampled back: a smoothed,
 multi-scale error) and over the t0 values and `repeats`; then a Gaussian blur of std
@@ -57,7 +69,7 @@ from adiff.training import trainer
 
 __all__ = ["ImageDetector", "ImageAnalysis", "SCORINGS", "SOLVERS", "IMAGE_SCORES"]
 
-SCORINGS = ("reconstruction", "masked", "score_norm")
+SCORINGS = ("reconstruction", "masked", "score_norm", "denoise")
 SOLVERS = ("ddim", "dpm_solver_pp", "reverse_diffusion", "euler_maruyama", "pc")
 IMAGE_SCORES = ("max", "topk", "mean", "native")
 DISTANCES = ("squared", "absolute")
@@ -151,15 +163,17 @@ class ImageDetector(BaseDetector):
       batch_size: training batch size (capped at the number of training images).
       learning_rate: AdamW peak learning rate.
       ema_decay: decay of the parameter EMA used for scoring.
-      scoring: "reconstruction", "masked" (patch-masked inpainting) or "score_norm".
-      t0: partial-diffusion start time(s) in (0, 1] for "reconstruction" (times for
-        "score_norm").
+      scoring: "reconstruction", "masked" (patch-masked inpainting), "score_norm" or "denoise"
+        (one-step denoising error over a band of times; see the module docstring).
+      t0: partial-diffusion start time(s) in (0, 1] for "reconstruction" (the times of
+        "score_norm" and "denoise").
       solver: "ddim", "dpm_solver_pp" (structured noise needs one of these two), or a stochastic
         SDE solver ("reverse_diffusion", "euler_maruyama", "pc").
       solver_steps: solver steps.
       eta: DDIM stochasticity (reconstruction; masked reconstruction with DDIM uses 1.0 unless
         the noise is structured).
-      repeats: independent noise draws per t0, averaged.
+      repeats: independent noise draws per t0, averaged ("denoise": fixed draws shared by all
+        images).
       mask_patch: patch side (pixels, working resolution) of the masked reconstruction.
       num_masks: complementary masks of the masked reconstruction (>= 2).
       mask_t0: start time of the masked inpainting (1.0 = from pure noise).
@@ -484,6 +498,7 @@ class ImageDetector(BaseDetector):
             patch = max(1, int(self.mask_patch) // f)
             masks = jnp.asarray(_patch_masks(dshape[0], dshape[1], patch, int(self.num_masks)))
         mask_t0 = float(self.mask_t0)
+        denoise_key = jax.random.key(self.seed + 13)
 
         def solver_kwargs(masked: bool) -> Dict[str, Any]:
             kw: Dict[str, Any] = {"num_steps": steps}
@@ -514,7 +529,30 @@ class ImageDetector(BaseDetector):
                 return -eps_fn(v, t) / sde.sigma(t)[:, None, None, None]
 
             native = None
-            if scoring == "score_norm":
+            if scoring == "denoise":
+                pairs_t = jnp.repeat(jnp.asarray(t0s, jnp.float32), repeats)  # [M]
+                pairs_i = jnp.arange(len(t0s) * repeats)
+
+                def one(carry, ti):
+                    t, i = ti
+                    a_t, s_t = sde.alpha(t), sde.sigma(t)
+                    # Fixed draws (independent of the batch key): common random numbers.
+                    z = self._noise(jax.random.fold_in(denoise_key, i), (1,) + tuple(u.shape[1:]))
+                    u_t = a_t * u + s_t * z
+                    u0 = (u_t - s_t * net.apply(p_net, u_t, jnp.full((u.shape[0],), t))) / a_t
+                    x0_hat = decode(u0)
+                    d = x0_hat - xw
+                    e = jnp.mean(d * d if dist == "squared" else jnp.abs(d), axis=-1)
+                    return (carry[0] + e, carry[1] + x0_hat), None
+
+                zero = (jnp.zeros(xw.shape[:3], xw.dtype), jnp.zeros_like(xw))
+                (err, rec_sum), _ = jax.lax.scan(one, zero, (pairs_t, pairs_i))
+                maps = err / (len(t0s) * repeats)
+                recon = rec_sum / (len(t0s) * repeats)  # mean clean-image estimate
+                if maps.shape[1:3] != tuple(work):
+                    maps = self._resize(maps[..., None], work)[..., 0]
+                native = jnp.mean(maps.reshape(maps.shape[0], -1), axis=-1)
+            elif scoring == "score_norm":
                 res = scoring_lib.score_norm(score_fn, sde, u, ts=t0s)
                 m = jnp.mean(res.maps, axis=-1)  # [B, h', w'] in diffusion space
                 maps = self._resize(m[..., None], work)[..., 0]

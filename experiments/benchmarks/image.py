@@ -50,6 +50,7 @@ _SUBSET = None
 _SDE_STEPS = None
 _OUT = None
 _SKIP_MNIST = None
+_REUSE_MT = None
 
 
 def define_flags() -> None:
@@ -57,19 +58,22 @@ def define_flags() -> None:
     can import this module's functions next to the other benchmark modules)."""
     # pylint: disable-next=global-statement
     global _QUICK, _SIZE, _SEEDS, _STEPS, _DIGITS, _MNIST_STEPS, _MNIST_PER_CLASS, _SUBSET, \
-        _SDE_STEPS, _OUT, _SKIP_MNIST
+        _SDE_STEPS, _OUT, _SKIP_MNIST, _REUSE_MT
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script, minutes).")
     _SIZE = flags.DEFINE_integer("size", 32, "Magnetic tile side in pixels (<= 64 on this CPU).")
     _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the Magnetic-tile split/training.")
     _STEPS = flags.DEFINE_integer("train_steps", 1500, "Training steps of every Magnetic-tile model.")
     _DIGITS = flags.DEFINE_list("digits", ["0", "1", "2", "3", "4"], "MNIST normal digits to run.")
-    _MNIST_STEPS = flags.DEFINE_integer("mnist_train_steps", 400, "Training steps per MNIST model.")
+    _MNIST_STEPS = flags.DEFINE_integer("mnist_train_steps", 1000, "Training steps per MNIST model.")
     _MNIST_PER_CLASS = flags.DEFINE_integer(
         "mnist_test_per_class", 0, "Cap on test images per anomalous digit (0 = all of them).")
     _SUBSET = flags.DEFINE_integer("steps_subset", 64, "Test images for the steps/throughput table.")
     _SDE_STEPS = flags.DEFINE_integer("sde_steps", 1000, "Steps of the reference reverse-SDE solver.")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "image.md"), "Results file.")
     _SKIP_MNIST = flags.DEFINE_bool("skip_mnist", False, "Only Magnetic tile.")
+    _REUSE_MT = flags.DEFINE_bool(
+        "reuse_mt", False, "Take the Magnetic-tile results from the previous run's results.json "
+        "(beside the report) and run only MNIST.")
 
 
 def log(*a):
@@ -246,6 +250,20 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
         res, ips, total = timed_analyze(det, test.images)
         ab_rows[name] = {**evaluate(test, res.scores, res.maps), "images_per_s": ips}
         log(name, ab_rows[name])
+    den = dict(cfg.denoise)
+    den_rows = [
+        ("denoise (configured: t = " + ", ".join(map(str, den["t0"])) + f"; {den['repeats']} draws)", den),
+        ("denoise, low band t = 0.05, 0.1, 0.2", {**den, "t0": (0.05, 0.1, 0.2)}),
+        ("denoise, mid band t = 0.3, 0.5, 0.7", {**den, "t0": (0.3, 0.5, 0.7)}),
+    ]
+    for i, (name, kw) in enumerate(den_rows[: (1 if quick else None)]):
+        det.set_params(**{**_score_defaults(base), **kw})
+        res, ips, total = timed_analyze(det, test.images)
+        ab_rows[name] = {**evaluate(test, res.scores, res.maps), "images_per_s": ips}
+        log(name, ab_rows[name])
+        if i == 0:
+            rows["adiff (denoise, configured)"] = ab_rows[name]
+            den_res = res
     det.set_params(**_score_defaults(base))
 
     # -- structured-noise model -----------------------------------------------------------
@@ -266,7 +284,7 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
             f"{rem['guidance']} + multi-scale map + blur")
     ab_rows[name] = {**evaluate(test, best.scores, best.maps), "images_per_s": ips}
     log(name, ab_rows[name])
-    rows["adiff (combination)"] = ab_rows[name]
+    rows["adiff (combination of remedies)"] = ab_rows[name]
 
     # -- steps / throughput on a fixed subset -----------------------------------------------
     rng = np.random.default_rng(seed)
@@ -303,7 +321,8 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
 
     # -- figure -----------------------------------------------------------------------------
     if figure_dir is not None:
-        _figure(test, best, ae_maps, ae_rec, figure_dir / f"magnetic_tile_seed{seed}.png", seed)
+        _figure(test, best, ae_maps, ae_rec, figure_dir / f"magnetic_tile_seed{seed}.png", seed,
+                denoise=den_res)
     return {"rows": rows, "ablation": ab_rows, "steps": step_rows, "n_train": int(len(train)),
             "n_test": int(len(test)), "n_anomalous": int(test.labels.sum()), "n_subset": int(n_sub),
             "train_seconds_gaussian": train_time}
@@ -313,10 +332,10 @@ def _score_defaults(base: dict) -> dict:
     return dict(scoring="reconstruction", t0=tuple(base["t0"]), solver=base["solver"],
                 solver_steps=base["solver_steps"], guidance=0.0, map_scales=(1,), map_sigma=0.0,
                 image_score=base["image_score"], topk=base["topk"],
-                score_batch_size=base["score_batch_size"], eta=0.0)
+                score_batch_size=base["score_batch_size"], eta=0.0, repeats=1)
 
 
-def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int):
+def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int, denoise=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -329,6 +348,8 @@ def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int):
             ("mask", lambda i: test.masks[i], "gray"),
             ("adiff recon.", lambda i: best.reconstructions[i, ..., 0], "gray"),
             ("adiff map", lambda i: best.maps[i], "inferno"),
+            *([("denoise x0 est.", lambda i: denoise.reconstructions[i, ..., 0], "gray"),
+               ("denoise map", lambda i: denoise.maps[i], "inferno")] if denoise is not None else []),
             ("AE recon.", lambda i: ae_rec[i, ..., 0], "gray"),
             ("AE map", lambda i: ae_maps[i], "inferno")]
     fig, axes = plt.subplots(len(rows), len(picks), figsize=(1.4 * len(picks), 1.4 * len(rows)))
@@ -372,6 +393,8 @@ def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool):
         det = ImageDetector(**base).fit(split.train)
         res = det.analyze(test.images)
         r = {"adiff": metrics.auroc(test.labels, res.scores)}
+        det.set_params(**dict(cfg.denoise))
+        r["adiff_denoise"] = metrics.auroc(test.labels, det.decision_function(test.images))
         err, _ = ae_baseline(split.train, test.images, steps=steps, batch_size=32, lr=2e-3, seed=seed,
                              features=(16, 32))
         r["conv_ae"] = metrics.auroc(test.labels, err.reshape(len(err), -1).mean(axis=1))
@@ -386,11 +409,21 @@ def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool):
 # ------------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------------
+def _command() -> str:
+    return ("flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.image "
+            + " ".join(sys.argv[1:])).strip()
+
+
+def _describe_denoise(den) -> str:
+    return (f"one-step denoising error at t = {', '.join(map(str, den.t0))}, {den.repeats} fixed noise "
+            f"draws each, image score = map {den.image_score}")
+
+
 def write_report(results: dict, path: pathlib.Path, command: str) -> None:
     seeds = results["seeds"]
     mt = results["magnetic_tile"]
     lines = ["# Image anomaly detection (ImageDetector)", "",
-             "Produced by `experiments/benchmarks/image.py`:", "", "```", command, "```", "",
+             "Produced by `experiments/benchmarks/image.py` (the Magnetic-tile and MNIST parts may come from separate runs, each line below):", "", "```", command, "```", "",
              f"Machine: {results['machine']}. Wall time {results['wall_minutes']:.1f} min.", "",
              "## Magnetic-tile defects", "",
              f"Data: `../shared/data/image/magnetic_tile` (1,344 images), grayscale, resized to "
@@ -439,14 +472,20 @@ def write_report(results: dict, path: pathlib.Path, command: str) -> None:
                   + (f" (capped at {results['mnist_per_class']} images per anomalous digit)" if results['mnist_per_class'] else "")
                   + f". Digits run: {', '.join(mn)}"
                   + (" (a subset of the ten: CPU budget)" if len(mn) < 10 else "")
-                  + f". adiff: Gaussian UNet, {results['mnist_steps']} steps, t0 = 0.5, DDIM 10, maps at scales 1 and 2, "
-                  "blur 1 px, image score = map mean. Conv AE with the same steps; PCA 95% variance; KNN k = 5. "
+                  + f". adiff: one Gaussian UNet ({results.get('mnist_channels', 16)} channels, 3 levels) per digit, "
+                  f"{results['mnist_steps']} steps; reconstruction column: t0 = 0.5, DDIM 10, maps at scales 1 "
+                  "and 2, blur 1 px, image score = map mean; denoise column (same network): "
+                  + results.get("mnist_denoise", "") + ". Conv AE with the same steps; PCA 95% variance; KNN k = 5. "
                   "Image scores are the mean map (reconstruction baselines) or the mean kNN distance.", "",
-                  "| digit | adiff | conv AE | PCA | KNN | test images |", "|---|---:|---:|---:|---:|---:|"]
+                  "| digit | adiff reconstruction | adiff denoise | conv AE | PCA | KNN | test images |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for d, r in mn.items():
-            lines.append(f"| {d} | {r['adiff']:.3f} | {r['conv_ae']:.3f} | {r['pca']:.3f} | {r['knn']:.3f} | {r['n_test']} |")
-        lines.append("| mean | " + " | ".join(f"{np.mean([r[k] for r in mn.values()]):.3f}"
-                                                 for k in ("adiff", "conv_ae", "pca", "knn")) + " | |")
+            lines.append(f"| {d} | {r['adiff']:.3f} | {fmt(r.get('adiff_denoise'))} | {r['conv_ae']:.3f} | "
+                         f"{r['pca']:.3f} | {r['knn']:.3f} | {r['n_test']} |")
+        keys = ("adiff", "adiff_denoise", "conv_ae", "pca", "knn")
+        lines.append("| mean | " + " | ".join(
+            fmt(np.mean([r[k] for r in mn.values()])) if all(k in r for r in mn.values()) else "–"
+            for k in keys) + " | |")
         lines.append("")
     lines += ["## Reading the numbers", "", "<!-- notes -->", ""]
     text = "\n".join(lines)
@@ -477,17 +516,33 @@ def main(argv):
     results = {"seeds": seeds, "size": size, "train_steps": steps,
                "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
                           f"jax {jax.__version__}", "magnetic_tile": []}
-    for seed in seeds:
-        results["magnetic_tile"].append(run_magnetic_tile(seed, cfg, size, steps, quick, fig_dir))
+    if _REUSE_MT.value:
+        prev = json.loads((fig_dir / "results.json").read_text())
+        for k in ("seeds", "size", "train_steps", "magnetic_tile", "mt_command", "mt_wall_minutes"):
+            if k in prev:
+                results[k] = prev[k]
+        seeds = results["seeds"]
+    else:
+        for seed in seeds:
+            results["magnetic_tile"].append(run_magnetic_tile(seed, cfg, size, steps, quick, fig_dir))
+        results["mt_command"] = _command()
+    if _SKIP_MNIST.value and (fig_dir / "results.json").exists() and not quick:
+        prev = json.loads((fig_dir / "results.json").read_text())  # keep the last MNIST table
+        results.update({k: v for k, v in prev.items() if k.startswith("mnist")})
     if not _SKIP_MNIST.value:
         digits = [int(d) for d in _DIGITS.value][: (1 if quick else None)]
         results.update(mnist=run_mnist(digits, seeds[0], 30 if quick else _MNIST_STEPS.value,
                                        50 if quick else _MNIST_PER_CLASS.value, quick),
                        mnist_seed=seeds[0], mnist_steps=30 if quick else _MNIST_STEPS.value,
-                       mnist_per_class=50 if quick else _MNIST_PER_CLASS.value)
+                       mnist_per_class=50 if quick else _MNIST_PER_CLASS.value,
+                       mnist_command=_command(),
+                       mnist_channels=int(image_mnist.get_config().detector.base_channels),
+                       mnist_denoise=_describe_denoise(image_mnist.get_config().denoise))
     results["wall_minutes"] = (time.perf_counter() - t_all) / 60.0
-    command = "flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.image " + " ".join(sys.argv[1:])
-    write_report(results, out_path, command.strip())
+    cmds = [results.get("mt_command", "")]
+    if results.get("mnist_command") and results["mnist_command"] != cmds[0]:
+        cmds.append(results["mnist_command"])
+    write_report(results, out_path, "\n".join(c for c in cmds if c))
     fig_dir.mkdir(parents=True, exist_ok=True)
     (fig_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
     log(f"wrote {out_path} ({results['wall_minutes']:.1f} min)")
