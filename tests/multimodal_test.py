@@ -12,7 +12,7 @@ import pytest
 
 from adiff import metrics
 from adiff.detectors import base
-from adiff.detectors.multimodal import MultimodalDetector, MultimodalScores
+from adiff.detectors.multimodal import MultimodalDetector, MultimodalScores, heldout_surprise
 from adiff.nets.fusion import ModalitySpec, MultimodalAutoencoder
 
 K = 4  # classes
@@ -155,23 +155,91 @@ def test_missing_modality_calibrated(setup):
     assert det.n_calibration_ == 80  # calibration_fraction 0.2 of 400 training samples
 
 
-def test_dynamic_attention(setup):
-    # the dynamic score is a convex combination of the available normalised scores, weighted
-    # towards the most anomalous one, so it is never below their minimum nor above their maximum
-    det, _, test, _ = setup
-    d = det.decompose(test)
-    comps = np.stack([d.early, d.late, d.cross], axis=1)
+@pytest.mark.parametrize("attention", ["score", "calibrated"])
+def test_dynamic_attention(setup, attention):
+    # the dynamic score is a convex combination of the available components (the normalised scores,
+    # or their held-out surprises), weighted towards the most anomalous one, so it is never below
+    # their minimum nor above their maximum
+    det, _, test, y = setup
+    default = det.attention
+    det.set_params(attention=attention)
+    try:
+        d = det.decompose(test)
+        det.set_params(fusion_temperature=1e6, gate_bound=0.0)
+        flat = det.decompose(test)
+    finally:
+        det.set_params(attention=default, fusion_temperature=1.0, gate_bound=1.0)
+    comps = d.components
+    fused = np.stack([d.early, d.late, d.cross], axis=1)
+    if attention == "score":
+        np.testing.assert_allclose(comps, fused, rtol=1e-6, atol=1e-6)
+    else:  # the surprise is an increasing function of the normalised score (one presence pattern)
+        for c in range(3):
+            o = np.argsort(fused[:, c])
+            assert (np.diff(comps[o, c]) >= -1e-5).all() and comps[o[-1], c] > comps[o[0], c]
+        assert (comps >= 0).all()
+    np.testing.assert_allclose(d.contributions.sum(1), d.dynamic, rtol=1e-5, atol=1e-5)
     assert (d.dynamic <= comps.max(1) + 1e-5).all() and (d.dynamic >= comps.min(1) - 1e-5).all()
     top = np.argmax(comps, axis=1)
     assert np.mean(np.argmax(d.weights, axis=1) == top) > 0.5
     assert det.gate_trained_
+    assert metrics.auroc(y, d.dynamic) >= 0.9
     # a huge temperature gives (close to) the plain mean of the components, the bounded gate aside
-    det.set_params(fusion_temperature=1e6, gate_bound=0.0)
+    np.testing.assert_allclose(flat.dynamic, flat.components.mean(1), rtol=1e-3, atol=1e-3)
+
+
+def test_heldout_surprise():
+    # surprise = -log(exceedance probability among n held-out scores), log tail beyond the maximum
+    from adiff.detectors.multimodal import _fit_surprise
+    z = np.random.default_rng(3).standard_normal(300)
+    knots, (lo, hi, tau) = _fit_surprise(z)
+    n = len(z)
+    assert lo == pytest.approx(np.log((n + 1) / n)) and hi == pytest.approx(np.log(n + 1))
+    zs = np.sort(z)
+    s = heldout_surprise(zs, knots, s_lo=lo, s_max=hi, tau=tau)
+    exact = np.log((n + 1) / (n - np.arange(n)))
+    assert np.abs(s - exact).max() < 0.2 and np.abs(s - exact)[n // 2:].max() < 0.1
+    assert s[-1] == pytest.approx(hi, abs=1e-5) and (np.diff(s) >= 0).all()
+    # beyond the maximum: continuous, slope 1 / tau at the maximum, then only logarithmic growth
+    top = float(knots[-1])
+    eps = 1e-4
+    tail = heldout_surprise(np.array([top + eps, top + 10.0, top + 1e4]), knots, s_lo=lo, s_max=hi, tau=tau)
+    assert (tail[0] - hi) / eps == pytest.approx(1 / tau, rel=1e-2)
+    assert tail[2] == pytest.approx(hi + np.log1p(1e4 / tau), rel=1e-6)
+    assert tail[2] - tail[1] < 8  # 1000x further out is log(1000) ~ 7 nats more, not 1000x
+    # below the minimum: the surprise of the held-out minimum
+    assert heldout_surprise(np.array([zs[0] - 5.0]), knots, s_lo=lo, s_max=hi, tau=tau)[0] == pytest.approx(lo, abs=1e-6)
+
+
+def test_calibrated_attention_not_taken_by_magnitude(setup):
+    # a component whose score is 1000x its held-out range away (late), next to one just beyond its
+    # own held-out maximum (early), must not take ~all the weight: beyond their held-out maxima the
+    # held-out data cannot rank them, so the attention saturates (the gate prior, here 0, decides).
+    # The old attention on the raw normalised scores gives late ~all of it.
+    det, _, _, _ = setup
+    p = 3  # both modalities present
+    top = det.surprise_knots_[p, :, -1]
+    span = top - det.surprise_knots_[p, :, 0]
+    fused = np.array([[top[0] + 0.5 * span[0], top[1] + 1000 * span[1], 0.0]], np.float32)
+    pid = np.array([p])
+    avail = np.ones((1, 3), bool)
+    prior = np.zeros((1, 3), np.float32)
+    default = det.attention
     try:
-        flat = det.decompose(test)
+        det.set_params(attention="calibrated")
+        keys, values = det._attention_inputs(fused, pid)
+        w, dyn = det._attend(keys, values, avail, prior)
+        det.set_params(attention="score")
+        keys0, values0 = det._attention_inputs(fused, pid)
+        w0, _ = det._attend(keys0, values0, avail, prior)
     finally:
-        det.set_params(fusion_temperature=1.0, gate_bound=1.0)
-    np.testing.assert_allclose(flat.dynamic, comps.mean(1), rtol=1e-3, atol=1e-3)
+        det.set_params(attention=default)
+    w, w0 = np.asarray(w)[0], np.asarray(w0)[0]
+    assert w0[1] > 0.999                   # old: magnitude takes all the weight
+    assert w[1] < 0.6 and w[0] > 0.4       # calibrated: early and late share it
+    assert w[0] == pytest.approx(w[1], abs=1e-3)  # both saturated at the held-out resolution
+    # the combined value still ranks further-out scores higher (log tail), without the magnitude
+    assert values[0, 1] > values[0, 0] and values[0, 1] < values[0, 0] + 10
 
 
 def test_input_errors(setup):
@@ -198,6 +266,8 @@ def test_input_errors(setup):
         MultimodalDetector(modalities={"x": "audio"}).fit({"x": np.zeros((4, 2))})
     with pytest.raises(ValueError, match="fusion"):
         MultimodalDetector(modalities={"x": "table"}, fusion="middle").fit({"x": np.zeros((4, 2))})
+    with pytest.raises(ValueError, match="attention must be one of"):
+        MultimodalDetector(modalities={"x": "table"}, attention="rank").fit({"x": np.zeros((4, 2))})
 
 
 def test_save_load(setup, tmp_path):
@@ -207,6 +277,8 @@ def test_save_load(setup, tmp_path):
     assert isinstance(det2, MultimodalDetector) and det2.modalities == det.modalities
     np.testing.assert_allclose(det2.decision_function(test), det.decision_function(test), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(det2.decision_scores_, det.decision_scores_)
+    np.testing.assert_array_equal(det2.surprise_knots_, det.surprise_knots_)
+    np.testing.assert_array_equal(det2.surprise_tail_, det.surprise_tail_)
     # a directory whose config names other modalities is refused
     import json
     cfg = json.loads((tmp_path / "mm" / "adiff.json").read_text())

@@ -50,10 +50,21 @@ scores are deterministic):
 - early: mean over present m of z(E_joint[m]) (all present modalities noised together), then
   standardised per presence pattern.
 - late: mean of unimodal[m] over present m, then standardised per presence pattern.
-- dynamic: attention over the available normalised scores c in (early, late, cross):
-  w = softmax(c / fusion_temperature + gate prior), dynamic = sum_c w_c c. A convex combination
-  that leans, per sample, on the most surprised component (a smooth maximum), so a kind of anomaly
-  caught by early or by late alone is not diluted by the other; early and late are always in it.
+- dynamic: attention over the available normalised scores c in (early, late, cross), a convex
+  combination that leans, per sample, on the most surprised component (a smooth maximum), so a kind
+  of anomaly caught by early or by late alone is not diluted by the other; early and late are
+  always in it. Two scales (`attention`):
+  "score" (default): w = softmax(c / fusion_temperature + gate prior), dynamic = sum_c w_c c. Far
+    outside the held-out range the component with the largest magnitude takes all the weight,
+    whether or not it is the informative one.
+  "calibrated": each component is first mapped to its held-out surprise s = -log(exceedance
+    probability among the held-out normal scores of its presence pattern), smooth, with a log
+    tail s_max + log1p((c - c_max) / tau) beyond the held-out maximum c_max (s_max = log(n + 1),
+    tau the score distance over which s rose by the last nat below c_max, so s is C1 there);
+    w = softmax(min(s, s_max) / fusion_temperature + gate prior), dynamic = sum_c w_c s_c. The
+    held-out data cannot say how much more surprising one component is than another beyond their
+    held-out maxima, so there the attention saturates and the gate prior decides; no component's
+    magnitude can take all the weight (see `heldout_surprise`).
 """
 from __future__ import annotations
 
@@ -74,10 +85,13 @@ from adiff.training import trainer
 from adiff.typing import Array
 
 FUSIONS = ("early", "late", "dynamic")
+ATTENTIONS = ("score", "calibrated")
+_SURPRISE_KNOTS = 33  # knots of each held-out surprise curve (per presence pattern and component)
 _MAX_INFERRED_VOCAB = 1 << 20  # larger token ids at fit need an explicit vocab_size
 PRESENT_KEY = "present"
 
-__all__ = ["MultimodalDetector", "MultimodalScores", "FUSIONS", "KINDS", "PRESENT_KEY"]
+__all__ = ["MultimodalDetector", "MultimodalScores", "FUSIONS", "ATTENTIONS", "KINDS", "PRESENT_KEY",
+           "heldout_surprise"]
 
 
 @flax.struct.dataclass
@@ -90,11 +104,13 @@ class MultimodalScores:
       late: [N] late-fusion score.
       dynamic: [N] dynamic-fusion score (attention over early, late, cross; no gate prior when
         the gate was not trained).
+      components: [N, 3] the values the dynamic score combines: (early, late, cross) for
+        attention="score", their held-out surprises for attention="calibrated".
       unimodal: [N, M] normalised per-modality scores (NaN where the modality is missing); the
         per-modality decomposition of `late`.
       cross: [N] normalised cross-modal term (0 with a single present modality).
       weights: [N, 3] dynamic weights of (early, late, cross); cross is zero where unavailable.
-      contributions: [N, 3] weights * (early, late, cross): what each adds to the dynamic score.
+      contributions: [N, 3] weights * components: what each adds to the dynamic score.
       present: [N, M] presence mask.
     """
 
@@ -102,6 +118,7 @@ class MultimodalScores:
     early: Array  # [N]
     late: Array  # [N]
     dynamic: Array  # [N]
+    components: Array  # [N, 3]
     unimodal: Array  # [N, M]
     cross: Array  # [N]
     weights: Array  # [N, 3]
@@ -140,6 +157,10 @@ class MultimodalDetector(BaseDetector):
         samples, whose errors the networks have partly memorised).
       fusion_temperature: temperature of the attention over normalised (early, late, cross) scores
         in dynamic fusion (small = max of the components, large = their mean).
+      attention: scale of the dynamic attention, "score" (the normalised scores) or "calibrated"
+        (their held-out surprise, saturating beyond the held-out maximum; module docstring). Set it
+        before fit: the gate is trained on this scale. "score" is the default: "calibrated" fixes
+        SKAB seed 0 but misses seeds 1-2 (docs/results/multimodal.md, "Calibrated attention").
       gate_bound: bound on the learned per-sample log prior weights of the dynamic gate (0 = no gate).
       ts: diffusion times at which denoising errors are measured.
       num_draws: fixed noise draws per time.
@@ -154,7 +175,8 @@ class MultimodalDetector(BaseDetector):
                  num_blocks: int = 2, encoder_steps: int = 1500, diffusion_steps: int = 3000,
                  gate_steps: int = 500, batch_size: int = 256, learning_rate: float = 1e-3,
                  drop_rate: float = 0.3, calibration_fraction: float = 0.2, fusion_temperature: float = 1.0,
-                 gate_bound: float = 1.0, ts: Sequence[float] = (0.05, 0.2, 0.5), num_draws: int = 4,
+                 attention: str = "score", gate_bound: float = 1.0, ts: Sequence[float] = (0.05, 0.2, 0.5),
+                 num_draws: int = 4,
                  vocab_size: int | None = None, score_batch_size: int = 1024, verbose: bool = False):
         self.modalities = modalities
         self.fusion = fusion
@@ -174,6 +196,7 @@ class MultimodalDetector(BaseDetector):
         self.drop_rate = drop_rate
         self.calibration_fraction = calibration_fraction
         self.fusion_temperature = fusion_temperature
+        self.attention = attention
         self.gate_bound = gate_bound
         self.ts = ts
         self.num_draws = num_draws
@@ -192,6 +215,7 @@ class MultimodalDetector(BaseDetector):
         if len(self.modalities) > 6:
             raise ValueError(f"modalities must hold at most 6 keys, got {len(self.modalities)}")
         validation.check_choice(self.fusion, FUSIONS, name="fusion")
+        validation.check_choice(self.attention, ATTENTIONS, name="attention")
         for name in ("embed_dim", "proj_dim", "hidden", "num_blocks", "encoder_steps",
                      "diffusion_steps", "gate_steps", "batch_size", "num_draws", "score_batch_size"):
             validation.check_positive_int(getattr(self, name), name=name)
@@ -473,24 +497,27 @@ class MultimodalDetector(BaseDetector):
         out = self._gate().apply(p, self._gate_context(emb, present))
         return float(self.gate_bound) * jnp.tanh(out)
 
-    def _attend(self, comps, avail, prior):
-        """Dynamic fusion: attention weights softmax(z / temperature + prior) over the available
-        normalised components, and the weighted sum."""
-        logits = jnp.where(avail, comps / float(self.fusion_temperature) + prior, -1e9)
+    def _attend(self, keys, values, avail, prior):
+        """Dynamic fusion: attention weights softmax(keys / temperature + prior) over the available
+        components, and the weighted sum of their `values` (keys = values = the normalised scores
+        for attention="score"; the clipped and the full held-out surprise for "calibrated")."""
+        logits = jnp.where(avail, keys / float(self.fusion_temperature) + prior, -1e9)
         w = jax.nn.softmax(logits, axis=1) * avail
         w = w / jnp.sum(w, axis=1, keepdims=True)
-        return w, jnp.sum(w * jnp.where(avail, comps, 0.0), axis=1)
+        return w, jnp.sum(w * jnp.where(avail, values, 0.0), axis=1)
 
-    def _fit_gate(self, emb, present, comps, avail, params):
+    def _fit_gate(self, emb, present, keys, values, avail, params):
         """Gate trained on held-out normal data to minimise the mean dynamic score: in contexts where
         a component raises false alarms it weighs less. Its log weights are bounded by gate_bound,
         so it cannot collapse onto one component (the attention on the scores stays in charge)."""
 
         def loss_fn(p, batch, key):
-            _, dyn = self._attend(batch["comps"], batch["avail"], self._gate_logits(p, batch["emb"], batch["present"]))
+            _, dyn = self._attend(batch["keys"], batch["values"], batch["avail"],
+                                  self._gate_logits(p, batch["emb"], batch["present"]))
             return jnp.mean(dyn), {}
 
-        res = trainer.fit(loss_fn, params, {"emb": emb, "present": present, "comps": comps, "avail": avail},
+        data = {"emb": emb, "present": present, "keys": keys, "values": values, "avail": avail}
+        res = trainer.fit(loss_fn, params, data,
                           config=self._train_config(self.gate_steps, len(emb), 3), progress=self.verbose)
         return res.state.ema_params
 
@@ -608,17 +635,18 @@ class MultimodalDetector(BaseDetector):
         present_c = present[cal_rows]
         self._fit_normalizers(emb_c, rec_c, present_c)
         if self.fusion == "dynamic" and float(self.gate_bound) > 0:
-            pres_g, comps, avail = [], [], []
+            pres_g, keys, values, avail = [], [], [], []
             rng = np.random.default_rng(self.seed + 5)
             for _ in range(2):  # the observed patterns and a random-dropout copy
                 pr = present_c.copy() if not pres_g else present_c & (rng.random(present_c.shape) >= self.drop_rate)
                 pr[~pr.any(axis=1)] = present_c[~pr.any(axis=1)]
                 parts = self._components(emb_c, rec_c, pr)
                 pres_g.append(pr)
-                comps.append(parts["fused"])
+                keys.append(parts["keys"])
+                values.append(parts["values"])
                 avail.append(parts["avail"])
             self.params_["gate"] = self._fit_gate(np.concatenate([emb_c, emb_c]), np.concatenate(pres_g),
-                                                  np.concatenate(comps).astype(np.float32),
+                                                  np.concatenate(keys), np.concatenate(values),
                                                   np.concatenate(avail), self.params_["gate"])
             self.gate_trained_ = True
         else:
@@ -669,6 +697,7 @@ class MultimodalDetector(BaseDetector):
         self.joint_stats_[1] = 1.0
         self.cross_stats_[1] = 1.0
         self.fused_stats_[1] = 1.0
+        self.surprise_knots_, self.surprise_tail_ = _default_surprise(len(pats))
         for p in range(1, len(pats)):
             pat = pats[p]
             rows = np.flatnonzero((present | ~pat).all(axis=1))
@@ -684,6 +713,8 @@ class MultimodalDetector(BaseDetector):
             raw = self._raw_components(errors, rec[rows], pr)
             for c in range(3 if pat.sum() >= 2 else 2):
                 self.fused_stats_[:, p, c] = _loc_scale(raw["raw"][:, c])
+                z = (raw["raw"][:, c] - self.fused_stats_[0, p, c]) / self.fused_stats_[1, p, c]
+                self.surprise_knots_[p, c], self.surprise_tail_[:, p, c] = _fit_surprise(z)
 
     def _raw_components(self, errors, rec, present):
         """Per-modality z-scores and the raw (early, late, cross) scores [N, 3] before their
@@ -711,7 +742,25 @@ class MultimodalDetector(BaseDetector):
         fused = (raw["raw"] - self.fused_stats_[0, pid]) / self.fused_stats_[1, pid]
         fused[:, 2] = np.where(multi, fused[:, 2], 0.0)
         avail = np.stack([np.ones_like(multi), np.ones_like(multi), multi], axis=1)
-        return {"fused": fused.astype(np.float32), "avail": avail, "uni": raw["uni"]}
+        keys, values = self._attention_inputs(fused, pid)
+        return {"fused": fused.astype(np.float32), "avail": avail, "uni": raw["uni"],
+                "keys": keys, "values": values}
+
+    def _attention_inputs(self, fused, pid):
+        """(attention keys [N, 3], combined values [N, 3]) of the dynamic fusion for normalised
+        scores `fused` [N, 3] under presence-pattern ids `pid` [N] (module docstring)."""
+        fused = np.asarray(fused, np.float64)
+        if self.attention == "score":
+            return fused.astype(np.float32), fused.astype(np.float32)
+        values = np.zeros_like(fused)
+        keys = np.zeros_like(fused)
+        for p in np.unique(pid):
+            rows = pid == p
+            for c in range(3):
+                lo, hi, tau = self.surprise_tail_[:, p, c]
+                values[rows, c] = heldout_surprise(fused[rows, c], self.surprise_knots_[p, c], s_lo=lo, s_max=hi, tau=tau)
+                keys[rows, c] = np.minimum(values[rows, c], hi)
+        return keys.astype(np.float32), values.astype(np.float32)
 
     # -- scoring ----------------------------------------------------------------------------------
     def _decompose(self, data) -> MultimodalScores:
@@ -724,12 +773,14 @@ class MultimodalDetector(BaseDetector):
             prior = float(self.gate_bound) * np.tanh(raw_prior)  # as _gate_logits, outside the jit cache
         else:
             prior = np.zeros_like(fused)
-        w, dynamic = self._attend(jnp.asarray(fused), jnp.asarray(avail), jnp.asarray(prior))
+        vals = parts["values"]
+        w, dynamic = self._attend(jnp.asarray(parts["keys"]), jnp.asarray(vals), jnp.asarray(avail), jnp.asarray(prior))
         w, dynamic = np.asarray(w, np.float64), np.asarray(dynamic, np.float64)
-        contrib = w * np.where(avail, fused, 0.0)
+        comps = np.where(avail, vals, 0.0).astype(np.float64)
+        contrib = w * comps
         early, late, cross = (fused[:, c].astype(np.float64) for c in range(3))
         score = {"early": early, "late": late, "dynamic": dynamic}[self.fusion]
-        return MultimodalScores(score=score, early=early, late=late, dynamic=dynamic,
+        return MultimodalScores(score=score, early=early, late=late, dynamic=dynamic, components=comps,
                                 unimodal=parts["uni"], cross=cross, weights=w,
                                 contributions=contrib, present=present)
 
@@ -758,7 +809,8 @@ class MultimodalDetector(BaseDetector):
                   "emb_mean": self.emb_mean_, "emb_std": self.emb_std_,
                   "alone_stats": self.alone_stats_, "recon_stats": self.recon_stats_,
                   "joint_stats": self.joint_stats_, "cross_stats": self.cross_stats_,
-                  "fused_stats": self.fused_stats_}
+                  "fused_stats": self.fused_stats_, "surprise_knots": self.surprise_knots_,
+                  "surprise_tail": self.surprise_tail_}
         return meta, arrays
 
     def _set_meta(self, meta) -> None:
@@ -782,7 +834,8 @@ class MultimodalDetector(BaseDetector):
         return {"params": jax.eval_shape(self._init_params), "input_stats": stats,
                 "emb_mean": sds((d,)), "emb_std": sds((d,)), "alone_stats": sds((2, m)),
                 "recon_stats": sds((2, m)), "joint_stats": sds((2, 2 ** m, m)),
-                "cross_stats": sds((2, 2 ** m, m)), "fused_stats": sds((2, 2 ** m, 3))}
+                "cross_stats": sds((2, 2 ** m, m)), "fused_stats": sds((2, 2 ** m, 3)),
+                "surprise_knots": sds((2 ** m, 3, _SURPRISE_KNOTS)), "surprise_tail": sds((3, 2 ** m, 3))}
 
     def _import(self, meta, arrays) -> None:
         self._set_meta(meta)
@@ -790,7 +843,7 @@ class MultimodalDetector(BaseDetector):
         self.input_stats_ = {k: (np.asarray(v["mean"], np.float32), np.asarray(v["std"], np.float32))
                              for k, v in arrays["input_stats"].items()}
         for name in ("emb_mean", "emb_std", "alone_stats", "recon_stats", "joint_stats", "cross_stats",
-                     "fused_stats"):
+                     "fused_stats", "surprise_knots", "surprise_tail"):
             setattr(self, name + "_", np.asarray(arrays[name], np.float32))
         self.gate_trained_ = bool(meta["gate_trained"])
         self.n_train_ = int(meta["n_train"])
@@ -827,3 +880,62 @@ def _loc_scale(x: np.ndarray):
         return 0.0, 1.0
     s = float(np.std(x))
     return float(np.mean(x)), (s if s > 1e-8 else 1.0)
+
+
+def _fit_surprise(z: np.ndarray):
+    """Held-out surprise curve of one component: (knots [K], (s_lo, s_max, tau)).
+
+    The i-th smallest of n held-out scores has exceedance probability (n - i + 1) / (n + 1), i.e.
+    surprise s_i = log((n + 1) / (n - i + 1)) from s_lo = log((n + 1) / n) to s_max = log(n + 1).
+    The knots are the scores at K evenly spaced surprises from s_lo to s_max (piecewise linear in
+    between); tau is the score distance over which s rose by its last nat (floored), the scale of
+    the log tail beyond the maximum. Fewer than 2 scores: the standard-normal default.
+    """
+    z = np.sort(np.asarray(z, np.float64))
+    n = len(z)
+    if n < 2:
+        knots, tail = _default_surprise(1)
+        return knots[0, 0], tail[:, 0, 0]
+    s_i = np.log((n + 1) / (n - np.arange(n)))
+    grid = np.linspace(s_i[0], s_i[-1], _SURPRISE_KNOTS)
+    knots = np.interp(grid, s_i, z)
+    tau = max(z[-1] - float(np.interp(s_i[-1] - 1.0, s_i, z)), 1e-2 * max(z[-1] - z[0], 1e-6), 1e-6)
+    return knots.astype(np.float32), np.array([s_i[0], s_i[-1], tau], np.float32)
+
+
+def _default_surprise(n_patterns: int):
+    """Surprise curves of a standard normal score (n = 100 notional held-out samples) for
+    presence patterns without held-out data: knots [P, 3, K], tails [3, P, 3]."""
+    from scipy.stats import norm
+    n = 100
+    grid = np.linspace(np.log((n + 1) / n), np.log(n + 1), _SURPRISE_KNOTS)
+    knots = norm.isf(np.exp(-grid))
+    tau = knots[-1] - norm.isf(np.exp(-(grid[-1] - 1.0)))
+    tail = np.array([grid[0], grid[-1], tau], np.float32)
+    return (np.broadcast_to(knots, (n_patterns, 3, _SURPRISE_KNOTS)).astype(np.float32).copy(),
+            np.broadcast_to(tail[:, None, None], (3, n_patterns, 3)).astype(np.float32).copy())
+
+
+def heldout_surprise(c: np.ndarray, knots: np.ndarray, *, s_lo: float, s_max: float, tau: float) -> np.ndarray:
+    """Surprise -log(exceedance probability) of scores among held-out normal scores.
+
+    Args:
+      c: [N] scores.
+      knots: [K] non-decreasing scores at K evenly spaced surprises from s_lo to s_max (the
+        held-out minimum to maximum; `_fit_surprise`).
+      s_lo: surprise of the held-out minimum, log((n + 1) / n) for n held-out scores.
+      s_max: surprise of the held-out maximum, log(n + 1).
+      tau: scale of the log tail beyond the held-out maximum.
+
+    Returns:
+      [N] surprise: s_lo at or below the held-out minimum, piecewise linear up to s_max at the
+      held-out maximum, then s_max + log1p((c - max) / tau), which continues the curve smoothly
+      (slope 1 / tau) but grows only logarithmically, so a score 1000 held-out ranges beyond the
+      maximum is a few nats more surprising, not 1000.
+    """
+    c = np.asarray(c, np.float64)
+    knots = np.maximum.accumulate(np.asarray(knots, np.float64))
+    grid = np.linspace(float(s_lo), float(s_max), len(knots))
+    inside = np.interp(c, knots, grid)
+    beyond = float(s_max) + np.log1p(np.maximum(c - knots[-1], 0.0) / float(tau))
+    return np.where(c > knots[-1], beyond, inside)

@@ -55,6 +55,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", str(REPO / "docs" / "results" / "multimodal.md"), "Markdown output.")
     flags.DEFINE_boolean("quick", False, "Tiny sizes (smoke test of the script, not a result).")
     flags.DEFINE_list("seeds", ["0"], "Seeds (split, anomalies, networks); one fit per config and seed.")
+    flags.DEFINE_enum("attention", None, ["score", "calibrated"], "Dynamic-fusion attention scale of the "
+                      "detector (MultimodalDetector(attention=)); unset: the detector's default.")
     flags.DEFINE_boolean("merge", False, "Add this run's results to those already in the .json output "
                          "(same config and seed replaced) instead of starting afresh.")
 
@@ -116,7 +118,7 @@ def _drop(test, key, kind, frac, seed):
     return out
 
 
-def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
+def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: str | None = None) -> dict:
     cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
     if quick:
         tiny = importlib.import_module("experiments.configs.multimodal_tiny").get_config()
@@ -128,7 +130,10 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
     split = load_split(cfg, root, seed)
     modalities = dict(cfg.modalities)
     t0 = time.time()
-    det = MultimodalDetector(modalities=modalities, fusion="dynamic", seed=seed, **cfg.detector.to_dict())
+    kwargs = cfg.detector.to_dict()
+    if attention is not None:
+        kwargs["attention"] = attention
+    det = MultimodalDetector(modalities=modalities, fusion="dynamic", seed=seed, **kwargs)
     det.fit(split.train)
     fit_s = time.time() - t0
     t0 = time.time()
@@ -174,7 +179,7 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool) -> dict:
     return {"name": name, "seed": int(seed), "config": cfg.to_dict(), "n_train": int(len(next(iter(split.train.values())))),
             "n_test": int(len(y)), "counts": {str(k): int((kinds == k).sum()) for k in sorted(set(kinds))},
             "fit_s": fit_s, "score_s": score_s, "auroc": table, "missing": missing, "ceiling": ceiling,
-            "mean_weights": mean_w, "flag_rate_normal": flag}
+            "mean_weights": mean_w, "flag_rate_normal": flag, "attention": det.attention}
 
 
 def _stat(values, sign: bool = False) -> str:
@@ -200,7 +205,8 @@ def _markdown(results, command_lines, quick):
         kinds = sorted(next(iter(res["auroc"].values())))
         weights = {k: _stat([r["mean_weights"][k] for r in runs]) for k in res["mean_weights"]}
         lines += [f"## {name}", "",
-                  f"Seeds {[r.get('seed') for r in runs]}; train {res['n_train']}, test {res['n_test']} "
+                  f"Seeds {[r.get('seed') for r in runs]}; dynamic attention "
+                  f"{sorted({r.get('attention', 'score') for r in runs})}; train {res['n_train']}, test {res['n_test']} "
                   f"({res['counts']}); fit {np.mean([r['fit_s'] for r in runs]):.0f} s, score "
                   f"{np.mean([r['score_s'] for r in runs]):.1f} s per seed (CPU). Mean dynamic weights: "
                   + ", ".join(f"{k} {v}" for k, v in weights.items()), "",
@@ -249,14 +255,16 @@ def main(argv):
     results = list(old["results"])
     for name in FLAGS.configs:
         for seed in (int(s) for s in FLAGS.seeds):
-            res = run_one(name, root, seed, FLAGS.quick)
+            res = run_one(name, root, seed, FLAGS.quick, FLAGS.attention)
             results = [r for r in results if (r["name"], r.get("seed")) != (name, seed)] + [res]
             print(f"{name} seed {seed}: fit {res['fit_s']:.0f} s; "
                   + json.dumps({r: {k: round(v, 3) for k, v in a.items()} for r, a in res["auroc"].items()
                                 if r.startswith("adiff") and "unimodal" not in r}), flush=True)
             # written after every fit, so a run stopped by its time limit keeps what it finished
             commands = list(dict.fromkeys(old["commands"] + [argv_line]))
-            out.with_suffix(".json").write_text(json.dumps({"commands": commands, "results": results},
+            # other top-level keys of a merged .json (e.g. "variants": results of non-default
+            # options kept for the record) are carried over untouched
+            out.with_suffix(".json").write_text(json.dumps({**old, "commands": commands, "results": results},
                                                            indent=1, default=str))
             out.write_text(_markdown(results, commands, FLAGS.quick))
     print(out.read_text())
