@@ -112,12 +112,18 @@ def test_input_errors(uni):
         TimeSeriesDetector().decision_function(test)
 
 
-def test_multivariate_with_missing_values():
+@pytest.fixture(scope="module")
+def multi():
     rng = np.random.RandomState(3)
     train = _sine(500, 2, channels=3)
     train[rng.rand(*train.shape) < 0.05] = np.nan  # missing training values
     frame = pd.DataFrame(train, columns=["a", "b", "c"])
     det = TimeSeriesDetector(scoring="imputation", seed=1, mask_rate=0.1, **TINY).fit(frame)
+    return det, train
+
+
+def test_multivariate_with_missing_values(multi):
+    det, train = multi
     assert det.n_features_in_ == 3 and det.decision_scores_.shape == (500,)
     np.testing.assert_allclose(det.loc_, np.nanmean(train, 0), atol=1e-5)
     np.testing.assert_allclose(det.scale_, np.nanstd(train, 0), rtol=1e-4)
@@ -144,7 +150,43 @@ def test_multivariate_with_missing_values():
     spiky[150, 2] = 8.0
     hidden = spiky.copy()
     hidden[150, 2] = np.nan
-    assert det.decision_function(spiky)[150] > 5 * det.decision_function(hidden)[150]
+    raw = lambda x: det.paradigm_scores(x, "imputation", channel_norm="none")
+    assert raw(spiky)[150] > 5 * raw(hidden)[150]
+
+
+def test_channel_calibration_on_held_out_tail(multi, uni):
+    det, train = multi
+    # "auto" calibrates a multivariate series: the last 20% (100 steps) is held out of training.
+    assert det.channel_calibrated_ and det.n_calibration_ == 100 and det.channel_loc_.shape == (3, 3)
+    assert not uni[0].channel_calibrated_  # univariate: no hold-out (standardising changes no ranking)
+    # the statistics are each channel's mean / std of the held-out tail's per-entry errors.
+    values, observed = det.transform(train[-100:])
+    src = det._array_source({"values": values, "observed": observed})
+    for i, p in enumerate(("reconstruction", "imputation", "denoising")):
+        ent, has = det._stream(src, p, ["map"])[0]
+        mu = (ent * has).sum(0) / has.sum(0)
+        sd = np.sqrt((np.square(ent - mu) * has).sum(0) / has.sum(0))
+        np.testing.assert_allclose(det.channel_loc_[i], mu, rtol=1e-5)
+        np.testing.assert_allclose(det.channel_scale_[i], np.maximum(sd, 0.1 * np.median(sd)), rtol=1e-5)
+    # threshold_ from the held-out tail's scores (normal steps the network did not train on).
+    np.testing.assert_allclose(det.threshold_, np.quantile(det.decision_scores_[-100:], 0.9))
+    # scores = mean (or max) over channels of the standardised map.
+    test = _sine(200, 7, channels=3)
+    ent, has = det._stream(det._input_source(test), "denoising", ["map"])[0]
+    z = (ent - det.channel_loc_[2]) / det.channel_scale_[2]
+    cal, raw, mx = det.paradigm_variants(test, "denoising", [(None, None), ("none", None), ("holdout", "max")])
+    np.testing.assert_allclose(cal, z.mean(1), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(raw, ent.mean(1), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(mx, z.max(1), rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(det.paradigm_scores(test, "denoising", channel_combine="max"), mx)
+    with pytest.raises(ValueError, match="channel_norm='holdout'"):
+        uni[0].paradigm_scores(uni[1], "denoising", channel_norm="holdout")
+    with pytest.raises(ValueError, match="channel_combine"):
+        det.paradigm_scores(test, "denoising", channel_combine="sum")
+    with pytest.raises(ValueError, match="window=16 steps on both sides"):
+        TimeSeriesDetector(channel_norm="holdout", **TINY).fit(_sine(60, 0, channels=2))
+    with pytest.raises(ValueError, match="calibration_fraction"):
+        TimeSeriesDetector(calibration_fraction=0.6, **TINY).fit(_sine(60, 0, channels=2))
 
 
 def test_save_load_identical_scores(uni, tmp_path):
@@ -165,6 +207,17 @@ def test_save_load_identical_scores(uni, tmp_path):
         base.load(tmp_path / "det")
 
 
+def test_save_load_keeps_channel_statistics(multi, tmp_path):
+    det, _ = multi
+    det.save(tmp_path / "m")
+    det2 = base.load(tmp_path / "m")
+    assert det2.channel_calibrated_ and det2.n_calibration_ == det.n_calibration_
+    np.testing.assert_array_equal(det2.channel_scale_, det.channel_scale_)
+    test = _sine(100, 8, channels=3)
+    np.testing.assert_array_equal(det2.decision_function(test), det.decision_function(test))
+    assert det2.threshold_ == det.threshold_
+
+
 def test_benchmark_window_scorers_centre_assignment_and_dte_np():
     from experiments.benchmarks import timeseries as bench
     # centre rule (DESIGN.md): a window's score lands on its centre step, the edges take the
@@ -183,6 +236,16 @@ def test_benchmark_window_scorers_centre_assignment_and_dte_np():
     test[100:103, 0] += 3.0
     y[100:103] = 1
     for assign in ("centre", "mean"):
-        s = bench.baseline_scores("DTE-NP", train, test, 8, seed=0, assign=assign)
+        info = {}
+        s = bench.baseline_scores("DTE-NP", train, test, 8, seed=0, assign=assign, info=info)
         assert s.shape == (200,) and np.isfinite(s).all()
         assert metrics.auroc(y, s) > 0.9, assign
+        assert info["grid"] == "dte" and info["train_median"] < 0.5  # close windows: no saturation
+    # saturation rule: training windows far apart (white noise, 64 x 8 entries) crowd DTE's grid
+    # end, so the VP SDE grid scores instead, and the scores are not constant.
+    rng = np.random.RandomState(0)
+    w_train, w_test = rng.randn(300, 512), 1.3 * rng.randn(50, 512)
+    info = {}
+    s = bench.dte_np_scores(w_train, w_test, info=info)
+    assert info["grid"] == "vpsde" and info["train_median"] > 0.8
+    assert np.unique(s).size == 50

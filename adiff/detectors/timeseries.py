@@ -29,6 +29,19 @@ modes). Missing values (NaN) are never replaced by zeros as data: they are maske
 loss, of the known entries and of the score, and the network sees the observed mask. Irregularly
 sampled series enter the same way: resample them to a regular grid with NaN at absent steps.
 
+Per-channel error calibration (`channel_norm`): a channel that is hard to predict even when
+normal has large errors everywhere and would dominate a plain sum over channels. With
+channel_norm="holdout" (the default "auto" picks it for multivariate series) the network is
+trained on all but the last `calibration_fraction` of the training series; every paradigm scores
+that held-out tail (normal steps the network never trained on), and each channel's per-step error
+is standardised by the mean and standard deviation of that channel's held-out errors (standard
+deviations floored at 0.1 x their median over channels, so a channel that is near-constant in the
+tail cannot blow up) before the channels are combined by `channel_combine` ("mean" or "max" over
+the observed channels). A univariate series is not calibrated under "auto": standardising its one
+channel is an increasing affine map, which changes no ranking, so holding data out would only cost
+training data. When calibrated, `threshold_` is the contamination quantile of the held-out tail's
+scores (normal steps the network did not see) rather than of all training steps.
+
 Window scores become per-step scores: the series (z-scored) is padded by reflection with L // 2
 steps in front and L // 2 + stride behind, windows of length L start every `score_stride` steps,
 and each step's per-entry errors are combined over the windows covering it ("mean") or taken
@@ -58,6 +71,8 @@ from adiff.training import trainer
 
 SCORINGS = ("reconstruction", "imputation", "denoising")
 COMBINES = ("mean", "centre")
+CHANNEL_NORMS = ("auto", "holdout", "none")
+CHANNEL_COMBINES = ("mean", "max")
 # v-prediction: its x0 error does not blow up as alpha_t -> 0 (eps-prediction's is scaled by
 # sigma_t / alpha_t, ~150 at T), which the imputation trajectory from the prior needs.
 PARAMETERIZATION = "v"
@@ -66,7 +81,11 @@ _CHUNK_ROWS = 1 << 16
 # source(lo, hi) -> (values, observed), both [hi - lo, C] float32: steps lo..hi-1 preprocessed.
 Source = Callable[[int, int], Tuple[np.ndarray, np.ndarray]]
 
-__all__ = ["TimeSeriesDetector", "SCORINGS", "COMBINES"]
+__all__ = ["TimeSeriesDetector", "SCORINGS", "COMBINES", "CHANNEL_NORMS", "CHANNEL_COMBINES"]
+
+# An output of `TimeSeriesDetector._stream`: "map" (the per-entry map [T, C]) or per-step scores [T]
+# from (channel loc [C], channel scale [C], "mean" | "max").
+Output = Any
 
 
 def _net(cfg: Tuple) -> TemporalNet:
@@ -242,6 +261,15 @@ class TimeSeriesDetector(BaseDetector):
       clip: z-scored values are clipped to [-clip, clip] (None: no clipping).
       score_batch_size: windows per scoring batch; scoring streams over the series one batch at a
         time, so memory beyond the input and the [T] scores stays flat in T.
+      channel_norm: per-channel error calibration (module docstring): "holdout" (standardise each
+        channel's error by its statistics on the held-out tail of the training series), "none"
+        (raw errors, averaged over channels) or "auto" (default: "holdout" for multivariate
+        series, "none" for univariate ones, where it changes no ranking; also "none" when the
+        series is too short to hold out `window` steps on both sides).
+      channel_combine: how per-channel (calibrated) errors become a step score: "mean" or "max"
+        over the observed channels.
+      calibration_fraction: fraction of the training series (its last steps) held out from
+        training for the channel statistics when calibrating, in (0, 0.5].
       verbose: print training progress.
     """
 
@@ -256,7 +284,9 @@ class TimeSeriesDetector(BaseDetector):
                  grid_block: int | None = None, num_levels: int = 3,
                  t0: Sequence[float] = (0.1, 0.3), solver_steps: int = 10,
                  denoise_t: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
-                 clip: float | None = 10.0, score_batch_size: int = 128, verbose: bool = False):
+                 clip: float | None = 10.0, score_batch_size: int = 128,
+                 channel_norm: str = "auto", channel_combine: str = "mean",
+                 calibration_fraction: float = 0.2, verbose: bool = False):
         self.scoring = scoring
         self.contamination = contamination
         self.seed = seed
@@ -286,12 +316,18 @@ class TimeSeriesDetector(BaseDetector):
         self.denoise_t = tuple(denoise_t)
         self.clip = clip
         self.score_batch_size = score_batch_size
+        self.channel_norm = channel_norm
+        self.channel_combine = channel_combine
+        self.calibration_fraction = calibration_fraction
         self.verbose = verbose
 
     # -- validation / preprocessing ------------------------------------------------------------
     def _check_params(self) -> None:
         validation.check_choice(self.scoring, SCORINGS, name="scoring")
         validation.check_choice(self.combine, COMBINES, name="combine")
+        validation.check_choice(self.channel_norm, CHANNEL_NORMS, name="channel_norm")
+        validation.check_choice(self.channel_combine, CHANNEL_COMBINES, name="channel_combine")
+        validation.check_fraction(self.calibration_fraction, name="calibration_fraction", low=0.0, high=0.5)
         for name in ("window", "train_stride", "score_stride", "channels", "num_blocks",
                      "kernel_size", "num_heads", "time_dim", "train_steps", "batch_size",
                      "solver_steps", "score_batch_size", "num_levels"):
@@ -388,9 +424,52 @@ class TimeSeriesDetector(BaseDetector):
         l = self.window
         return _net(self._net_cfg).init(key, jnp.zeros((1, l, c)), jnp.zeros((1,)), jnp.zeros((1, l, 3 * c)))
 
+    def _calibration_split(self, n: int, c: int) -> int:
+        """Steps held out at the end of the training series for the channel statistics (0: none).
+
+        "auto" calibrates multivariate series (c > 1) only, and only when both parts keep at
+        least `window` steps; an explicit "holdout" on too short a series is an error.
+        """
+        if self.channel_norm == "none" or (self.channel_norm == "auto" and c == 1):
+            return 0
+        n_cal = int(round(float(self.calibration_fraction) * n))
+        if n_cal < self.window or n - n_cal < self.window:
+            if self.channel_norm == "holdout":
+                raise ValueError(f"channel_norm='holdout' needs at least window={self.window} steps "
+                                 f"on both sides of the calibration split; calibration_fraction="
+                                 f"{self.calibration_fraction} of {n} steps holds out {n_cal}")
+            return 0
+        return n_cal
+
+    def _fit_channel_stats(self, values: np.ndarray, observed: np.ndarray) -> None:
+        """Per-paradigm, per-channel mean / std [len(SCORINGS), C] of the per-step errors on the
+        held-out (values, observed); identity statistics (0, 1) when nothing is held out."""
+        c = int(self.n_features_in_)
+        loc = np.zeros((len(SCORINGS), c), np.float32)
+        scale = np.ones((len(SCORINGS), c), np.float32)
+        if len(values):
+            src = ((lambda lo, hi: (values[lo:hi], observed[lo:hi])), values.shape[0], c)
+            for i, p in enumerate(SCORINGS):
+                if p == "imputation" and int(self.num_grid_masks) + int(self.num_random_masks) < 1:
+                    continue  # no imputation scorer: identity statistics
+                ent, has = self._stream(src, p, ["map"])[0]
+                cnt = has.sum(0)
+                mu = np.where(cnt > 0, (ent * has).sum(0) / np.maximum(cnt, 1), 0.0)
+                sd = np.sqrt(np.where(cnt > 0, (np.square(ent - mu) * has).sum(0) / np.maximum(cnt, 1), 0.0))
+                seen = cnt > 0
+                med = float(np.median(sd[seen])) if seen.any() else 1.0
+                floor = max(0.1 * med, 1e-12)
+                mu = np.where(seen, mu, np.median(mu[seen]) if seen.any() else 0.0)
+                sd = np.where(seen, np.maximum(sd, floor), max(med, 1e-12))
+                loc[i], scale[i] = mu, sd
+        self.channel_loc_, self.channel_scale_ = loc, scale
+
     def _fit(self, data, y=None) -> None:
-        values, observed = data["values"], data["observed"]
-        c, l = values.shape[1], self.window
+        values_all, observed_all = data["values"], data["observed"]
+        n_all, c = values_all.shape
+        n_cal = self._calibration_split(n_all, c)
+        values, observed = values_all[:n_all - n_cal], observed_all[:n_all - n_cal]
+        l = self.window
         net, sde = _net(self._net_cfg), sde_lib.VPSDE()
         params = self._init_params(jax.random.key(self.seed), c)
         uncond = self.uncond_prob if self.uncond_prob is not None else (
@@ -426,8 +505,27 @@ class TimeSeriesDetector(BaseDetector):
             checkpoint_every=self.train_steps, seed=int(self.seed))
         res = trainer.fit(loss_fn, params, ds, config=cfg, progress=self.verbose)
         self.params_ = jax.tree.map(np.asarray, res.state.ema_params)
-        self.n_train_ = int(len(values))
+        self.n_train_ = int(n_all)
+        self.n_calibration_ = int(n_cal)
         self.history_ = res.history
+        self._fit_channel_stats(values_all[n_all - n_cal:], observed_all[n_all - n_cal:])
+
+    @property
+    def channel_calibrated_(self) -> bool:
+        """Whether the channel errors are standardised by held-out statistics."""
+        return int(getattr(self, "n_calibration_", 0)) > 0
+
+    def _process_decision_scores(self) -> None:
+        """`threshold_` from the held-out tail's scores when calibrated (normal steps the network
+        did not train on, as test steps are); else the base rule (all training steps)."""
+        super()._process_decision_scores()
+        n_cal = int(getattr(self, "n_calibration_", 0))
+        if 0 < n_cal < len(self.decision_scores_):
+            cal = self.decision_scores_[-n_cal:]
+            self.threshold_ = float(np.quantile(cal, 1.0 - self._check_contamination()))
+            self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+            self._mu = float(np.mean(cal))
+            self._sigma = float(np.std(cal))
 
     # -- scoring -------------------------------------------------------------------------------
     def _array_source(self, data) -> Tuple[Source, int, int]:
@@ -462,7 +560,8 @@ class TimeSeriesDetector(BaseDetector):
 
         return source, arr.shape[0], c
 
-    def _stream(self, src: Tuple[Source, int, int], scoring: str, *, per_channel: bool) -> np.ndarray:
+    def _stream(self, src: Tuple[Source, int, int], scoring: str, outputs: Sequence[Output] | None = None,
+                *, per_channel: bool | None = None):
         """Streams the scoring windows over a series in batches of `score_batch_size` windows.
 
         The padded series (reflection, `front` steps before, `back` after) is never built: each
@@ -476,13 +575,21 @@ class TimeSeriesDetector(BaseDetector):
 
         Args:
           src: (source(lo, hi) -> (values, observed) [hi - lo, C] float32 of steps lo..hi-1, T, C).
-          scoring: "reconstruction" or "imputation".
-          per_channel: return the per-entry map [T, C] (0 where unscored or missing) instead of
-            the per-step scores [T] (NaN where a step has no scored observed entry).
+          scoring: "reconstruction", "imputation" or "denoising".
+          per_channel: the older form, instead of `outputs`: True returns the map [T, C] alone,
+            False the raw per-step mean error [T] alone (not a list).
+          outputs: what to return, one result per entry: "map" -> (map [T, C] float64, 0 where
+            unscored or missing; has [T, C] bool, the scored observed entries), or
+            (loc [C], scale [C], combine) -> per-step scores [T] float64: each scored observed
+            entry standardised as (error - loc) / scale, then the "mean" or "max" over a step's
+            scored channels (NaN where a step has none). (0, 1, "mean") is the raw mean error.
 
         Returns:
-          [T, C] or [T] float64.
+          A list with one result per output (one array with `per_channel`).
         """
+        if per_channel is not None:
+            res = self._stream(src, scoring, ["map"] if per_channel else [(0.0, 1.0, "mean")])[0]
+            return res[0] if per_channel else res
         source, t, c = src
         l, s, bs = self.window, self.score_stride, int(self.score_batch_size)
         front, back = l // 2, l // 2 + s
@@ -505,7 +612,14 @@ class TimeSeriesDetector(BaseDetector):
         err_acc = np.zeros((span, c), np.float64)
         cnt_acc = np.zeros((span, c), np.float64)
         obs_acc = np.zeros((span, c), np.float32)
-        out = np.zeros((t, c), np.float64) if per_channel else np.empty(t, np.float64)
+        outs = []
+        for spec in outputs:
+            if isinstance(spec, str):
+                if spec != "map":
+                    raise ValueError(f"unknown output {spec!r}")
+                outs.append((np.zeros((t, c), np.float64), np.zeros((t, c), bool)))
+            else:
+                outs.append(np.empty(t, np.float64))
         offsets = np.arange(l)
         key = jax.random.key(self.seed + 7)
         base = 0  # padded position of the accumulators' first row
@@ -534,20 +648,57 @@ class TimeSeriesDetector(BaseDetector):
                 e_f, k_f = err_acc[a - base:b - base], cnt_acc[a - base:b - base]
                 has_f = (k_f > 0) & (obs_acc[a - base:b - base] > 0)
                 ent = np.where(has_f, e_f / np.maximum(k_f, 1e-12), 0.0)
-                if per_channel:
-                    out[a - front:b - front] = ent
-                else:
-                    n_has = has_f.sum(1)
-                    out[a - front:b - front] = np.where(n_has > 0, ent.sum(1) / np.maximum(n_has, 1),
-                                                        np.nan)
+                n_has = has_f.sum(1)
+                for spec, out in zip(outputs, outs):
+                    if isinstance(spec, str):
+                        out[0][a - front:b - front] = ent
+                        out[1][a - front:b - front] = has_f
+                        continue
+                    loc, scale, how = spec
+                    z = np.where(has_f, (ent - loc) / scale, 0.0)
+                    if how == "max":
+                        step = np.where(has_f, z, -np.inf).max(1)
+                    else:
+                        step = z.sum(1) / np.maximum(n_has, 1)
+                    out[a - front:b - front] = np.where(n_has > 0, step, np.nan)
             for acc in (err_acc, cnt_acc, obs_acc):
                 acc[:span - done] = acc[done:].copy()
                 acc[span - done:] = 0
             base += done
-        return out
+        return outs
 
-    def _step_scores(self, src: Tuple[Source, int, int], scoring: str) -> np.ndarray:
-        scores = self._stream(src, scoring, per_channel=False)
+    def _reduction(self, scoring: str, channel_norm: str | None = None,
+                   channel_combine: str | None = None) -> Tuple[np.ndarray, np.ndarray, str]:
+        """(loc [C], scale [C], combine) of a step-score output of `_stream`.
+
+        channel_norm None: the fitted setting (calibrated iff `channel_calibrated_`); "none": raw
+        errors; "holdout" (or "auto"): the held-out statistics, which the detector must have.
+        """
+        norm = "holdout" if channel_norm is None and self.channel_calibrated_ else (channel_norm or "none")
+        validation.check_choice(norm, CHANNEL_NORMS, name="channel_norm")
+        how = self.channel_combine if channel_combine is None else channel_combine
+        validation.check_choice(how, CHANNEL_COMBINES, name="channel_combine")
+        c = int(self.n_features_in_)
+        if norm == "none" or (norm == "auto" and not self.channel_calibrated_):
+            return np.zeros(c), np.ones(c), how
+        if not self.channel_calibrated_:
+            raise ValueError("channel_norm='holdout' needs a detector fitted with held-out channel "
+                             "statistics (fit with channel_norm='holdout', or 'auto' on a "
+                             "multivariate series)")
+        i = SCORINGS.index(scoring)
+        return (np.asarray(self.channel_loc_[i], np.float64), np.asarray(self.channel_scale_[i], np.float64),
+                how)
+
+    def _step_scores(self, src: Tuple[Source, int, int], scoring: str,
+                     reductions: Sequence[Tuple] | None = None) -> np.ndarray | list:
+        """Per-step scores [T] of one reduction (the fitted one when None) or a list of them."""
+        one = reductions is None
+        outs = self._stream(src, scoring, [self._reduction(scoring)] if one else list(reductions))
+        outs = [self._fill_missing(s) for s in outs]
+        return outs[0] if one else outs
+
+    @staticmethod
+    def _fill_missing(scores: np.ndarray) -> np.ndarray:
         if np.isnan(scores).any():  # steps with no observed entry: nearest scored step
             ok = np.flatnonzero(~np.isnan(scores))
             if ok.size == 0:
@@ -567,32 +718,46 @@ class TimeSeriesDetector(BaseDetector):
         # decision_function: the input is preprocessed piecewise while it streams (not at once).
         return self._step_scores(self._input_source(X), self.scoring)
 
-    def paradigm_scores(self, X, scoring: str) -> np.ndarray:
-        """Per-step scores [T] of X by either paradigm, from the same fitted network.
+    def paradigm_scores(self, X, scoring: str, *, channel_norm: str | None = None,
+                        channel_combine: str | None = None) -> np.ndarray:
+        """Per-step scores [T] of X by any paradigm, from the same fitted network.
 
         Args:
           X: series [T] or [T, C] (NaN = missing), T >= window.
           scoring: "reconstruction", "imputation" or "denoising".
+          channel_norm: None (the fitted setting), "none" (raw errors) or "holdout" (needs a
+            calibrated detector, `channel_calibrated_`).
+          channel_combine: None (the detector's), "mean" or "max" over channels.
 
         Returns:
-          [T] scores (higher = more anomalous); not calibrated to `threshold_` unless
-          scoring == self.scoring.
+          [T] scores (higher = more anomalous); not calibrated to `threshold_` unless the
+          paradigm and the channel settings are the detector's own.
         """
+        return self.paradigm_variants(X, scoring, [(channel_norm, channel_combine)])[0]
+
+    def paradigm_variants(self, X, scoring: str, variants: Sequence[Tuple[str | None, str | None]]) -> list:
+        """Per-step scores [T] of several (channel_norm, channel_combine) settings (see
+        `paradigm_scores`) from one scoring pass of X: the network runs once, only the channel
+        reduction differs. Returns a list with one [T] array per variant."""
         self._check_fitted()
         validation.check_choice(scoring, SCORINGS, name="scoring")
         validation.check_size(X, name="X")
-        return self._step_scores(self._input_source(X), scoring)
+        reductions = [self._reduction(scoring, n, h) for n, h in variants]
+        return self._step_scores(self._input_source(X), scoring, reductions)
 
     def channel_scores(self, X) -> np.ndarray:
-        """Per-step, per-channel anomaly map [T, C] (0 where a value is missing)."""
+        """Per-step, per-channel anomaly map [T, C] of the detector's paradigm: raw squared errors
+        (not standardised by the channel statistics), 0 where a value is missing."""
         self._check_fitted()
         validation.check_size(X, name="X")
-        return self._stream(self._input_source(X), self.scoring, per_channel=True)
+        return self._stream(self._input_source(X), self.scoring, ["map"])[0][0]
 
     # -- persistence --------------------------------------------------------------------------
     def _export(self):
-        meta = {"n_train": int(self.n_train_), "n_features": int(self.n_features_in_)}
-        arrays = {"loc": self.loc_, "scale": self.scale_, "params": self.params_}
+        meta = {"n_train": int(self.n_train_), "n_features": int(self.n_features_in_),
+                "n_calibration": int(self.n_calibration_)}
+        arrays = {"loc": self.loc_, "scale": self.scale_, "params": self.params_,
+                  "channel_loc": self.channel_loc_, "channel_scale": self.channel_scale_}
         return meta, arrays
 
     def _abstract_arrays(self, meta):
@@ -600,6 +765,8 @@ class TimeSeriesDetector(BaseDetector):
         c = int(meta["n_features"])
         return {"loc": jax.ShapeDtypeStruct((c,), np.float32),
                 "scale": jax.ShapeDtypeStruct((c,), np.float32),
+                "channel_loc": jax.ShapeDtypeStruct((len(SCORINGS), c), np.float32),
+                "channel_scale": jax.ShapeDtypeStruct((len(SCORINGS), c), np.float32),
                 "params": jax.eval_shape(lambda: self._init_params(jax.random.key(0), c))}
 
     def _import(self, meta, arrays):
@@ -607,4 +774,8 @@ class TimeSeriesDetector(BaseDetector):
         self.n_train_ = int(meta["n_train"])
         self.loc_ = np.asarray(arrays["loc"], np.float32)
         self.scale_ = np.asarray(arrays["scale"], np.float32)
+        self.n_calibration_ = int(meta.get("n_calibration", 0))
+        c = self.n_features_in_
+        self.channel_loc_ = np.asarray(arrays.get("channel_loc", np.zeros((len(SCORINGS), c))), np.float32)
+        self.channel_scale_ = np.asarray(arrays.get("channel_scale", np.ones((len(SCORINGS), c))), np.float32)
         self.params_ = jax.tree.map(np.asarray, arrays["params"])

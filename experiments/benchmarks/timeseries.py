@@ -139,8 +139,42 @@ def _per_step(window_scores: np.ndarray, starts: np.ndarray, length: int, n: int
     return acc / np.maximum(cnt, 1)
 
 
+# DTE-NP's grid rule (fixed before any test figure was seen): when the median leave-one-out score
+# of the training windows lies in the last DTE_SATURATION of DTE's discrete grid (test windows,
+# farther from the training set, then pile up on its last step: a constant score), score on the
+# VP SDE's time grid instead, whose noise variance is unbounded.
+DTE_SATURATION = 0.2
+
+
+def dte_np_scores(w_train: np.ndarray, w_test: np.ndarray, *, k: int = 5,
+                  info: dict | None = None) -> np.ndarray:
+    """adiff-dte_np window scores with the label-free grid rule (DTE_SATURATION).
+
+    Args:
+      w_train: [N, D] training windows.
+      w_test: [M, D] windows to score.
+      k: neighbours.
+      info: if given, receives "grid" ("dte" or "vpsde") and "train_median" (the median
+        leave-one-out training score as a fraction of the DTE grid's last time).
+
+    Returns:
+      [M] scores.
+    """
+    from adiff import scoring, sde as sde_lib  # pylint: disable=import-outside-toplevel
+    w_train, w_test = w_train.astype(np.float32), w_test.astype(np.float32)
+    num_steps = 300
+    loo = scoring.dte_nonparametric(w_train, w_train, k=k, exclude_self=True, num_steps=num_steps).scores
+    frac = float(np.median(np.asarray(loo))) / (num_steps - 1)
+    grid = "vpsde" if frac > 1.0 - DTE_SATURATION else "dte"
+    if info is not None:
+        info.update(grid=grid, train_median=frac)
+    kw = {"sde": sde_lib.VPSDE()} if grid == "vpsde" else {}
+    return np.asarray(scoring.dte_nonparametric(w_train, w_test, k=k, num_steps=num_steps, **kw).scores)
+
+
 def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int, *, seed: int,
-                    max_windows: int = 3000, assign: str = "centre") -> np.ndarray:
+                    max_windows: int = 3000, assign: str = "centre",
+                    info: dict | None = None) -> np.ndarray:
     """Per-step scores [T_test] of a window baseline ("IForest", "KNN" or "PCA").
 
     Args:
@@ -151,6 +185,7 @@ def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int,
       seed: seed of IForest / PCA.
       max_windows: cap on the training windows (the stride is raised to keep at most this many).
       assign: "centre" or "mean", see `_per_step`.
+      info: receives DTE-NP's grid choice (see `dte_np_scores`).
 
     Returns:
       [T_test] scores: the window scores assigned to steps by `assign`.
@@ -165,8 +200,7 @@ def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int,
         from pyod.models.knn import KNN  # pylint: disable=import-outside-toplevel
         s = KNN().fit(w_train).decision_function(w_test)
     elif name == "DTE-NP":
-        from adiff import scoring  # pylint: disable=import-outside-toplevel
-        s = scoring.dte_nonparametric(w_train.astype(np.float32), w_test.astype(np.float32), k=5).scores
+        s = dte_np_scores(w_train, w_test, k=5, info=info)
     elif name == "PCA":
         from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
         pca = PCA(n_components=0.95, svd_solver="full", random_state=seed).fit(w_train)
@@ -287,17 +321,31 @@ def run_dataset(dataset: str, results: Dict) -> None:
             if dataset == "skab":
                 skab_det = (det, fit_s)
         scores = {}
+        row["n_calibration"] = int(det.n_calibration_)
         for p in FLAGS.paradigms:
             t = time.perf_counter()
-            scores[f"adiff-{p}"] = det.paradigm_scores(test, p)
-            row.setdefault("seconds", {})[f"adiff-{p}"] = {"fit": fit_s, "score": time.perf_counter() - t}
+            # The detector's setting ("auto": held-out channel calibration, mean over channels, on
+            # multivariate series) and, from the same pass when calibrated, the raw mean error and
+            # the calibrated max over channels.
+            names, variants = [f"adiff-{p}"], [(None, None)]
+            if det.channel_calibrated_:
+                names += [f"adiff-{p}-raw", f"adiff-{p}-max"]
+                variants += [("none", "mean"), ("holdout", "max")]
+            for name_v, s_v in zip(names, det.paradigm_variants(test, p, variants)):
+                scores[name_v] = s_v
+            for name_v in names:
+                row.setdefault("seconds", {})[name_v] = {"fit": fit_s, "score": time.perf_counter() - t}
         z_train, _ = det.transform(train)
         z_test, _ = det.transform(test)
         for b in FLAGS.baselines:
             t = time.perf_counter()
             key = "adiff-dte_np" if b == "DTE-NP" else b
+            info = {}
             scores[key] = baseline_scores(b, z_train, z_test, det.window, seed=FLAGS.seed,
-                                          max_windows=FLAGS.max_baseline_windows, assign=FLAGS.assign)
+                                          max_windows=FLAGS.max_baseline_windows, assign=FLAGS.assign,
+                                          info=info)
+            if info:
+                row["dte_np_grid"] = info
             row["seconds"][key] = {"fit": 0.0, "score": time.perf_counter() - t}  # fit+score together
         row["metrics"] = {k: series_metrics(labels, s, vus_win) for k, s in scores.items()}
         rows[name] = row
@@ -377,13 +425,21 @@ def _write(results: Dict) -> None:
         "last DDIM steps), reconstruction (t0 = 0.1 and 0.3) and denoising (density-style: x0 "
         "error after noising to t = 0.05, 0.1, 0.2, 0.3 with fixed noise draws, one network "
         "evaluation per level); these give per-entry errors, averaged over the windows covering "
-        "a step (combine='mean'). Fit seconds include scoring the training series (PyOD's "
+        "a step (combine='mean'). Channel calibration (the detector's default channel_norm="
+        "'auto', fixed before any test figure: on for multivariate series, off for univariate "
+        "ones, where it cannot change a ranking): the network trains on the first 80% of the "
+        "training series, each paradigm's per-channel errors are standardised by their mean and "
+        "std on the held-out last 20% and averaged over channels (row adiff-<paradigm>); "
+        "-raw = the same network's unstandardised mean over channels, -max = the standardised "
+        "max over channels (same scoring pass). Fit seconds include scoring the training series (PyOD's "
         "decision_scores_). Window scorers without a network, on flattened z-scored windows of "
         "the detector's length (stride 1 at test, training windows capped at "
         f"{FLAGS.max_baseline_windows}): PyOD IForest (100 trees), PyOD KNN (k = 5, largest), "
         "PCA reconstruction error (95% variance) and adiff-dte_np (adiff.scoring."
         "dte_nonparametric, k = 5, posterior-mean diffusion time; an extra paradigm of adiff, "
-        "not a diffusion network). Their window scores go to "
+        "not a diffusion network; DTE's discrete grid unless the median leave-one-out score of the "
+        f"training windows lies in the last {DTE_SATURATION:.0%} of that grid, then the VP SDE's "
+        "time grid: a label-free rule against saturation, fixed before any test figure). Their window scores go to "
         + ("the window's centre step, edges padded with the nearest centre (DESIGN.md)"
            if FLAGS.assign == "centre" else "every step, averaged over the covering windows")
         + ".",
