@@ -549,8 +549,6 @@ class ImageDetector(BaseDetector):
                 (err, rec_sum), _ = jax.lax.scan(one, zero, (pairs_t, pairs_i))
                 maps = err / (len(t0s) * repeats)
                 recon = rec_sum / (len(t0s) * repeats)  # mean clean-image estimate
-                if maps.shape[1:3] != tuple(work):
-                    maps = self._resize(maps[..., None], work)[..., 0]
                 native = jnp.mean(maps.reshape(maps.shape[0], -1), axis=-1)
             elif scoring == "score_norm":
                 res = scoring_lib.score_norm(score_fn, sde, u, ts=t0s)

@@ -516,18 +516,19 @@ def main(argv):
     results = {"seeds": seeds, "size": size, "train_steps": steps,
                "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
                           f"jax {jax.__version__}", "magnetic_tile": []}
+    prev_path = fig_dir / "results.json"
+    prev = json.loads(prev_path.read_text()) if (_REUSE_MT.value or _SKIP_MNIST.value) and prev_path.exists() else {}
     if _REUSE_MT.value:
-        prev = json.loads((fig_dir / "results.json").read_text())
-        for k in ("seeds", "size", "train_steps", "magnetic_tile", "mt_command", "mt_wall_minutes"):
-            if k in prev:
-                results[k] = prev[k]
+        if not prev:
+            raise FileNotFoundError(f"--reuse_mt needs a previous run's {prev_path}")
+        results.update({k: prev[k] for k in ("seeds", "size", "train_steps", "magnetic_tile", "mt_command",
+                                             "mt_wall_minutes") if k in prev})
         seeds = results["seeds"]
     else:
         for seed in seeds:
             results["magnetic_tile"].append(run_magnetic_tile(seed, cfg, size, steps, quick, fig_dir))
         results["mt_command"] = _command()
-    if _SKIP_MNIST.value and (fig_dir / "results.json").exists() and not quick:
-        prev = json.loads((fig_dir / "results.json").read_text())  # keep the last MNIST table
+    if _SKIP_MNIST.value and not quick:  # keep the last MNIST table
         results.update({k: v for k, v in prev.items() if k.startswith("mnist")})
     if not _SKIP_MNIST.value:
         digits = [int(d) for d in _DIGITS.value][: (1 if quick else None)]
