@@ -95,10 +95,21 @@ class BaseDetector(BaseEstimator):
         return self
 
     def _process_decision_scores(self) -> None:
-        self.threshold_ = float(np.quantile(self.decision_scores_, 1.0 - self._check_contamination()))
+        """`threshold_` and the predict_proba statistics from the training scores.
+
+        Detectors that hold the last `n_calibration_` training rows out of network training set
+        that attribute: those rows' scores (normal data the networks never saw, as test data)
+        then define the threshold and statistics, since the networks score their own training
+        rows low. Otherwise every training score is used.
+        """
+        ref = self.decision_scores_
+        n_cal = int(getattr(self, "n_calibration_", 0))
+        if 0 < n_cal < len(ref):
+            ref = ref[-n_cal:]
+        self.threshold_ = float(np.quantile(ref, 1.0 - self._check_contamination()))
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
-        self._mu = float(np.mean(self.decision_scores_))
-        self._sigma = float(np.std(self.decision_scores_))
+        self._mu = float(np.mean(ref))
+        self._sigma = float(np.std(ref))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "decision_scores_"):

@@ -654,28 +654,6 @@ class MultimodalDetector(BaseDetector):
         self.n_train_ = n
         self.n_calibration_ = int(len(cal_rows))
 
-    def _process_decision_scores(self) -> None:
-        """`threshold_` (and the mean/std behind predict_proba(method="unify")) from the held-out
-        calibration rows' scores.
-
-        `decision_scores_` stays the scores of every training row (PyOD contract), but the
-        networks were trained on all rows except the calibration tail and score those rows low
-        (memorised), so a contamination quantile over all rows sits too low and predict() flags
-        far more than `contamination` of new normal samples. The calibration rows are normal
-        samples the networks never saw, as test samples are: their (1 - contamination) quantile
-        flags about `contamination` of new normal data. Rule when no rows were held out
-        (calibration_fraction=0, or fewer than 8 rows on either side of the split): the quantile
-        of all training scores, as in BaseDetector (biased low, the networks having seen them).
-        """
-        super()._process_decision_scores()
-        n_cal = int(getattr(self, "n_calibration_", 0))
-        if 0 < n_cal < len(self.decision_scores_):
-            cal = self.decision_scores_[-n_cal:]  # _calibration_split holds out the tail block
-            self.threshold_ = float(np.quantile(cal, 1.0 - self._check_contamination()))
-            self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
-            self._mu = float(np.mean(cal))
-            self._sigma = float(np.std(cal))
-
     def _fit_normalizers(self, emb, rec, present) -> None:
         """Normalisers from (held-out) normal samples: per modality, and per presence pattern for the
         joint, cross and fused (early, late, cross) scores."""

@@ -515,18 +515,6 @@ class TimeSeriesDetector(BaseDetector):
         """Whether the channel errors are standardised by held-out statistics."""
         return int(getattr(self, "n_calibration_", 0)) > 0
 
-    def _process_decision_scores(self) -> None:
-        """`threshold_` from the held-out tail's scores when calibrated (normal steps the network
-        did not train on, as test steps are); else the base rule (all training steps)."""
-        super()._process_decision_scores()
-        n_cal = int(getattr(self, "n_calibration_", 0))
-        if 0 < n_cal < len(self.decision_scores_):
-            cal = self.decision_scores_[-n_cal:]
-            self.threshold_ = float(np.quantile(cal, 1.0 - self._check_contamination()))
-            self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
-            self._mu = float(np.mean(cal))
-            self._sigma = float(np.std(cal))
-
     # -- scoring -------------------------------------------------------------------------------
     def _array_source(self, data) -> Tuple[Source, int, int]:
         """A source over already preprocessed arrays (the training series in fit)."""
