@@ -30,6 +30,7 @@ from scipy.special import erf
 from sklearn.base import BaseEstimator
 
 from adiff import validation
+from adiff.detectors import supervision
 
 FORMAT = "adiff-detector"
 VERSION = 1
@@ -76,23 +77,75 @@ class BaseDetector(BaseEstimator):
     def _check_contamination(self) -> float:
         return validation.check_fraction(self.contamination, name="contamination", low=0.0, high=0.5)
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, anomalies=None):
         """Fits the detector on X (normal data, or contaminated data in unsupervised mode).
 
         Args:
           X: training data (see the subclass for the accepted shapes and types).
           y: ignored (PyOD convention), kept for API compatibility.
+          anomalies: optional anomaly examples (e.g. made by `adiff.AnomalyGenerator`): after the
+            unsupervised fit, a supervised head is trained on them against normal training data
+            and the score becomes z + softplus(logit) (`adiff.detectors.supervision`). Format: like X for
+            TabularDetector (rows, all anomalous); (series [T', C], step labels [T']) for
+            TimeSeriesDetector. Other detectors refuse it.
 
         Returns:
           self, with `decision_scores_`, `threshold_` and `labels_` set.
         """
         self._check_contamination()
         validation.check_size(X, name="X")  # before pandas/astype copies a huge input
+        if anomalies is not None and not self._supports_head():
+            raise ValueError(f"{type(self).__name__} does not take anomalies= (a supervised head); "
+                             f"TabularDetector and TimeSeriesDetector do")
         data = self._prepare(X, fitting=True)
+        self.head_ = None
         self._fit(data, y)
         self.decision_scores_ = np.asarray(self._training_scores(data), np.float64)
         self._process_decision_scores()
+        if anomalies is not None:
+            self._fit_head(data, anomalies)
         return self
+
+    # -- semi-supervised head (fit(X, anomalies=...)) ------------------------------------------
+    def _supports_head(self) -> bool:
+        return type(self)._head_features is not BaseDetector._head_features
+
+    def _head_features(self, data) -> np.ndarray:
+        """[N, F] features of prepared data for the supervised head (subclass hook)."""
+        raise NotImplementedError
+
+    def _head_anomaly_features(self, anomalies) -> np.ndarray:
+        """[M, F] features of the anomaly examples passed to fit (default: prepared like X)."""
+        validation.check_size(anomalies, name="anomalies")
+        return self._head_features(self._prepare(anomalies, fitting=False))
+
+    def _fit_head(self, data, anomalies) -> None:
+        feats = np.asarray(self._head_features(data), np.float32)
+        n_cal = int(getattr(self, "n_calibration_", 0))
+        normal = feats[-n_cal:] if 0 < n_cal < len(feats) else feats
+        anom = np.asarray(self._head_anomaly_features(anomalies), np.float32)
+        head = supervision.fit_head(normal, anom, seed=self.seed)
+        head["z_loc"] = float(self._mu)
+        head["z_scale"] = float(self._sigma) if self._sigma > 0 else 1.0
+        self.head_ = head
+        self.decision_scores_ = self._with_head(self.decision_scores_, feats)
+        self._process_decision_scores()
+
+    def _with_head(self, scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """z + softplus(logit): the unsupervised scores standardised by the reference statistics
+        of the unsupervised fit, plus the head's evidence log(1 + likelihood ratio) >= 0."""
+        h = self.head_
+        z = (np.asarray(scores, np.float64) - h["z_loc"]) / h["z_scale"]
+        return z + np.logaddexp(0.0, supervision.head_logits(h, features))
+
+    def unsupervised_scores(self, X) -> np.ndarray:
+        """Scores of X by the unsupervised model alone (decision_function when no head)."""
+        self._check_fitted()
+        head, self.head_ = getattr(self, "head_", None), None
+        try:
+            return self.decision_function(X)
+        finally:
+            self.head_ = head
 
     def _process_decision_scores(self) -> None:
         """`threshold_` and the predict_proba statistics from the training scores.
@@ -135,7 +188,11 @@ class BaseDetector(BaseEstimator):
         return self._score_rows(X)
 
     def _score_rows(self, X) -> np.ndarray:
-        return np.asarray(self._decision_function(self._prepare(X, fitting=False)), np.float64)
+        data = self._prepare(X, fitting=False)
+        scores = np.asarray(self._decision_function(data), np.float64)
+        if getattr(self, "head_", None) is not None:
+            scores = self._with_head(scores, self._head_features(data))
+        return scores
 
     def predict(self, X, return_confidence: bool = False):
         """0/1 labels (1 = anomaly) by `threshold_`; optionally PyOD's confidence in each label."""
@@ -194,6 +251,11 @@ class BaseDetector(BaseEstimator):
         meta = dict(meta)
         meta.update(threshold_=self.threshold_, _mu=self._mu, _sigma=self._sigma)
         arrays = {"model": arrays, "decision_scores_": np.asarray(self.decision_scores_)}
+        head = getattr(self, "head_", None)
+        if head is not None:
+            meta["head"] = {"width": int(np.asarray(head["loc"]).shape[0]), "z_loc": head["z_loc"],
+                            "z_scale": head["z_scale"]}
+            arrays["head"] = {k: head[k] for k in ("params", "loc", "scale")}
         config = {"format": FORMAT, "version": VERSION, "class": type(self).__name__,
                   "params": _jsonable(self.get_params(deep=False)), "meta": _jsonable(meta)}
         with ocp.StandardCheckpointer() as ckpt:
@@ -265,6 +327,17 @@ def load(path: str | os.PathLike) -> BaseDetector:
                 raise ValueError(f"meta[{key!r}] must be a number, got {meta.get(key)!r}")
         target = {"model": det._abstract_arrays(meta),
                   "decision_scores_": jax.ShapeDtypeStruct((n_scores,), np.float64)}
+        head_meta = meta.get("head")
+        if head_meta is not None:
+            if not det._supports_head():
+                raise ValueError(f"{name} has no supervised head, but meta['head'] is set")
+            width = int(head_meta["width"])
+            if width < 1:
+                raise ValueError(f"meta['head']['width'] must be >= 1, got {width}")
+            for key in ("z_loc", "z_scale"):
+                if not isinstance(head_meta.get(key), (int, float)) or isinstance(head_meta.get(key), bool):
+                    raise ValueError(f"meta['head'][{key!r}] must be a number, got {head_meta.get(key)!r}")
+            target["head"] = supervision.abstract_head(width)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         # Edited or foreign 'params'/'meta': a missing key, a wrong type, an invalid value.
         raise ValueError(f"{str(cfg_file)!r} has an invalid configuration for {name}: "
@@ -275,6 +348,10 @@ def load(path: str | os.PathLike) -> BaseDetector:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise ValueError(f"{str(cfg_file)!r} has an invalid configuration for {name}: "
                          f"{type(e).__name__}: {e}") from None
+    det.head_ = None
+    if head_meta is not None:
+        det.head_ = dict(jax.tree.map(np.asarray, arrays["head"]), z_loc=float(head_meta["z_loc"]),
+                         z_scale=float(head_meta["z_scale"]))
     det.decision_scores_ = np.asarray(arrays["decision_scores_"], np.float64)
     det.threshold_ = float(meta["threshold_"])
     det._mu, det._sigma = float(meta["_mu"]), float(meta["_sigma"])

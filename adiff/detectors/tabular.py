@@ -410,6 +410,12 @@ class TabularDetector(BaseDetector):
     def _training_scores(self, data) -> np.ndarray:
         return self._decision_function(data, training=True)
 
+    def _head_features(self, data) -> np.ndarray:
+        # The encoded row (0 where missing) and its observed mask: the head learns where the
+        # anomaly examples lie in the same space the unsupervised model sees.
+        values, observed = data
+        return np.concatenate([np.where(observed > 0, np.nan_to_num(values), 0.0), observed], 1)
+
     # -- persistence --------------------------------------------------------------------------
     def _export(self):
         meta = {"encoder": self.encoder_.to_meta(), "n_train": int(len(self.train_values_)),

@@ -703,8 +703,35 @@ class TimeSeriesDetector(BaseDetector):
         return self._step_scores(self._array_source(data), self.scoring)
 
     def _score_rows(self, X) -> np.ndarray:
+        if getattr(self, "head_", None) is not None:  # the head needs the whole prepared series
+            return super()._score_rows(X)
         # decision_function: the input is preprocessed piecewise while it streams (not at once).
         return self._step_scores(self._input_source(X), self.scoring)
+
+    def _head_features(self, data) -> np.ndarray:
+        # Per step: each channel's (calibrated) error of the fitted paradigm and its normalised
+        # value, compressed by sign(f) log(1 + |f|) so that far-off test runs stay in range.
+        (emap, has), = self._stream(self._array_source(data), self.scoring, ["map"])
+        loc, scale, _ = self._reduction(self.scoring)
+        z = np.where(has, (emap - loc) / scale, 0.0)
+        vals = np.where(data["observed"], np.nan_to_num(data["values"]), 0.0)
+        f = np.concatenate([z, vals], 1)
+        return (np.sign(f) * np.log1p(np.abs(f))).astype(np.float32)
+
+    def _head_anomaly_features(self, anomalies) -> np.ndarray:
+        if not (isinstance(anomalies, (tuple, list)) and len(anomalies) == 2):
+            raise ValueError("anomalies must be a pair (series [T', C], step labels [T']) whose "
+                             "labelled steps (1) are the anomaly examples")
+        series, labels = anomalies
+        validation.check_size(series, name="anomalies series")
+        data = self._prepare(series, fitting=False)
+        labels = np.asarray(labels)
+        if labels.shape != (data["values"].shape[0],):
+            raise ValueError(f"anomaly step labels must have shape ({data['values'].shape[0]},) to "
+                             f"match the anomalies series; got {labels.shape}")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError("anomaly step labels must be 0/1")
+        return self._head_features(data)[labels == 1]
 
     def paradigm_scores(self, X, scoring: str, *, channel_norm: str | None = None,
                         channel_combine: str | None = None) -> np.ndarray:
