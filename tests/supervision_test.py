@@ -78,7 +78,7 @@ def test_tabular_head_input_errors(table):
     with pytest.raises(ValueError, match="4 columns|columns"):
         TabularDetector().fit(normal, anomalies=np.zeros((5, 3)))
     with pytest.raises(ValueError, match="does not take anomalies"):
-        adiff.ImageDetector().fit(np.zeros((4, 8, 8, 1)), anomalies=np.zeros((2, 8, 8, 1)))
+        adiff.VideoDetector().fit(np.zeros((4, 8, 8, 8, 1)), anomalies=np.zeros((2, 8, 8, 8, 1)))
 
 
 def _sine(n, seed, channels=2):
@@ -113,3 +113,53 @@ def test_series_head_with_labelled_examples(tmp_path):
         semi._head_anomaly_features(ex)
     with pytest.raises(ValueError, match="shape"):
         semi._head_anomaly_features((ex, ex_labels[:10]))
+
+
+def test_fit_head_replaces_only_the_head(table):
+    normal, examples, test, unsup, semi = table
+    det = TabularDetector().fit(normal)
+    s0 = det.decision_function(test)
+    det.fit_head(normal, examples)
+    np.testing.assert_allclose(det.decision_function(test), semi.decision_function(test), rtol=1e-6)
+    det.fit_head(normal, None)
+    np.testing.assert_allclose(det.decision_function(test), s0)
+    assert det.head_ is None
+    with pytest.raises(ValueError, match="training data"):
+        det.fit_head(normal[:100], examples)
+
+
+def test_image_head_on_pooled_map_features(tmp_path):
+    from adiff.detectors.image import ImageDetector  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16].astype(np.float32)
+
+    def texture(n):
+        out = [0.35 + 0.15 * np.sin(0.8 * (np.cos(t) * xx + np.sin(t) * yy) + p)
+               + 0.02 * rng.standard_normal((16, 16))
+               for t, p in zip(rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n))]
+        return np.clip(np.stack(out)[..., None], 0, 1).astype(np.float32)
+
+    def blobs(x, value):
+        x = x.copy()
+        for i in range(len(x)):
+            cy, cx = rng.integers(4, 12, 2)
+            x[i, (yy - cy) ** 2 + (xx - cx) ** 2 <= 2.5 ** 2, 0] = value
+        return x
+
+    train = texture(64)
+    det = ImageDetector(base_channels=8, channel_mults=(1, 2), groups=4, batch_size=16,
+                        learning_rate=3e-3, ema_decay=0.9, score_batch_size=32, train_steps=150,
+                        scoring="denoise", t0=(0.3,), seed=0).fit(train)
+    test = np.concatenate([texture(16), blobs(texture(16), 0.95)])
+    y = np.r_[np.zeros(16), np.ones(16)]
+    s0 = det.decision_function(test)
+    feats = det._head_features(det._prepare(test, fitting=False))
+    assert feats.shape == (32, 9) and np.isfinite(feats).all()
+    det.fit_head(train, blobs(texture(24), 0.95))
+    s1 = det.decision_function(test)
+    assert s1.shape == (32,) and np.isfinite(s1).all()
+    assert metrics.auroc(y, s1) >= 0.9
+    np.testing.assert_allclose(det.unsupervised_scores(test), s0)
+    np.testing.assert_allclose(det.anomaly_map(test), det.anomaly_map(test))  # maps unchanged
+    det.save(tmp_path / "img")
+    np.testing.assert_allclose(adiff.load(tmp_path / "img").decision_function(test), s1, rtol=1e-6)

@@ -85,9 +85,10 @@ class BaseDetector(BaseEstimator):
           y: ignored (PyOD convention), kept for API compatibility.
           anomalies: optional anomaly examples (e.g. made by `adiff.AnomalyGenerator`): after the
             unsupervised fit, a supervised head is trained on them against normal training data
-            and the score becomes z + softplus(logit) (`adiff.detectors.supervision`). Format: like X for
-            TabularDetector (rows, all anomalous); (series [T', C], step labels [T']) for
-            TimeSeriesDetector. Other detectors refuse it.
+            and the score becomes z + softplus(logit) (`adiff.detectors.supervision`). Format: like
+            X for TabularDetector (rows) and ImageDetector (images, all anomalous; an image-level
+            head on pooled anomaly-map statistics, maps unchanged); (series [T', C], step labels
+            [T']) for TimeSeriesDetector. Other detectors refuse it.
 
         Returns:
           self, with `decision_scores_`, `threshold_` and `labels_` set.
@@ -96,7 +97,7 @@ class BaseDetector(BaseEstimator):
         validation.check_size(X, name="X")  # before pandas/astype copies a huge input
         if anomalies is not None and not self._supports_head():
             raise ValueError(f"{type(self).__name__} does not take anomalies= (a supervised head); "
-                             f"TabularDetector and TimeSeriesDetector do")
+                             f"TabularDetector, TimeSeriesDetector and ImageDetector do")
         data = self._prepare(X, fitting=True)
         self.head_ = None
         self._fit(data, y)
@@ -118,6 +119,33 @@ class BaseDetector(BaseEstimator):
         """[M, F] features of the anomaly examples passed to fit (default: prepared like X)."""
         validation.check_size(anomalies, name="anomalies")
         return self._head_features(self._prepare(anomalies, fitting=False))
+
+    def fit_head(self, X, anomalies):
+        """(Re)trains only the supervised head of a fitted detector, keeping its unsupervised model.
+
+        Args:
+          X: the training data the detector was fitted on (its normal examples and training
+            scores are recomputed from it).
+          anomalies: anomaly examples, as for `fit(X, anomalies=...)`; None removes the head.
+
+        Returns:
+          self; `decision_scores_`, `threshold_` and `labels_` are updated.
+        """
+        self._check_fitted()
+        if anomalies is not None and not self._supports_head():
+            raise ValueError(f"{type(self).__name__} does not take anomalies= (a supervised head)")
+        validation.check_size(X, name="X")
+        data = self._prepare(X, fitting=False)
+        self.head_ = None
+        scores = np.asarray(self._training_scores(data), np.float64)
+        if scores.shape != self.decision_scores_.shape:
+            raise ValueError(f"X must be the training data of the detector: it has {len(scores)} "
+                             f"samples, the fit had {len(self.decision_scores_)}")
+        self.decision_scores_ = scores
+        self._process_decision_scores()
+        if anomalies is not None:
+            self._fit_head(data, anomalies)
+        return self
 
     def _fit_head(self, data, anomalies) -> None:
         feats = np.asarray(self._head_features(data), np.float32)

@@ -640,7 +640,24 @@ class ImageDetector(BaseDetector):
                              maps=np.concatenate(maps), reconstructions=np.concatenate(recons))
 
     def _decision_function(self, X) -> np.ndarray:
-        return self._analyze(X).scores
+        res = self._analyze(X)
+        if getattr(self, "head_", None) is not None:  # the head's features reuse this pass
+            self._last_analysis = (X, res)
+        return res.scores
+
+    def _head_features(self, data) -> np.ndarray:
+        # Image-level head (fit(X, anomalies=images)): pooled statistics of the log anomaly map
+        # (mean, std, max, means of the top 1% / 5% / 10% pixels, median, 90th and 99th
+        # percentiles). The maps themselves are unchanged: the head re-ranks images only.
+        last = getattr(self, "_last_analysis", None)
+        maps = last[1].maps if last is not None and last[0] is data else self._analyze(data).maps
+        self._last_analysis = None
+        flat = np.log(np.maximum(maps.reshape(len(maps), -1).astype(np.float64), 0.0) + 1e-8)
+        srt = -np.sort(-flat, axis=1)
+        n = flat.shape[1]
+        top = [srt[:, :max(1, int(round(f * n)))].mean(1) for f in (0.01, 0.05, 0.1)]
+        q = np.quantile(flat, (0.5, 0.9, 0.99), axis=1)
+        return np.stack([flat.mean(1), flat.std(1), srt[:, 0], *top, *q], 1).astype(np.float32)
 
     def analyze(self, X) -> ImageAnalysis:
         """Image scores, anomaly maps and reconstructions of X in one pass.

@@ -1,7 +1,8 @@
-r"""Anomaly generation benchmark: Magnetic tile (downstream gain, C2ST, diversity, mask alignment)
-and one ADBench table (downstream gain).
+r"""Anomaly generation benchmark: Magnetic tile (downstream gain, C2ST, diversity, mask alignment),
+ADBench tables and SKAB (downstream gain of detectors trained with generated anomalies).
 
-  flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.generation [--quick]
+  flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.generation \
+      [--parts=image,table,series] [--tables=cardio,satellite] [--merge] [--quick]
 
 Magnetic tile (grayscale, resized to cfg.size px): normal images split by the DESIGN protocol
 (random 70% of MT_Free trains, seed); for every defect type a random third (seed) of its images
@@ -15,16 +16,37 @@ Fidelity: classifier two-sample test (logistic regression on pixels, 5-fold CV a
 held-out real defect images and as many generated ones. Diversity: mean pairwise L2 distance among
 samples in the PCA(32) space of the normal training images. Mask alignment: share of changed
 pixels (|sample - base| > 2/255) that lie inside the mask.
-Table: ADBench cardio, DESIGN semi-supervised protocol (seeds), cfg.table.num_labelled real
-anomalies (removed from test) train the class-conditioned generator; downstream an MLP classifier
-normal-vs-anomaly with: generated anomalies, the few real ones only, uniform noise (naive), and
-"none" = KNN (PyOD) on normals; also the unsupervised generator mode (no labels).
+
+Tables (ADBench, cfg.table.datasets): DESIGN semi-supervised protocol per seed (a random half of
+the normal rows trains, capped at cfg.table.max_train; test = the other half + the anomalies);
+cfg.table.num_labelled real anomalies train the class-conditioned generator and leave the test
+set. Downstream models: (a) an MLP classifier (scikit-learn, 64-64, class-balanced by
+repetition) of normal vs synthetic anomalies; (b) the library path, `TabularDetector` (its
+default unsupervised model) + the supervised head, `fit(normal, anomalies=...)`. Synthetic
+anomalies: uniform noise over the training box +-10% (naive), the few real ones only, adiff's
+class-conditioned samples (with and without `clip_x0`), the unsupervised low-density mode. "none"
+= KNN (PyOD) and TabularDetector on the normal rows alone. Rows with "+ few real" add the
+labelled anomalies to the synthetic ones (so "+ few real" rows differ only by the synthetic part).
+
+Series (SKAB): the detector of experiments/configs/ts_skab.py trained on anomaly-free.csv (its
+last 20% held out for calibration, as always). The first run of each folder (cfg.series.
+labelled_runs) holds the few labelled anomalies and leaves the test set; the other runs are test.
+The series generator (TemporalNet, mask + type conditioned, type = folder) trains on windows of
+anomaly-free.csv's first 80% and on the windows over the labelled runs' anomalous steps (their
+step labels as masks); it then regenerates a random segment of windows cut from the held-out
+tail, and those windows are put back into copies of the tail (non-overlapping places) with their
+masks as step labels. Naive baseline: the same windows and masks with a parametric anomaly
+(spike, level shift, pattern change or noise burst, `inject_series_anomaly`) instead. The same
+fitted network scores every row; only the supervised head changes (`fit_head`). Metrics: mean
+over the test runs of VUS-PR (buffer from the raw run, as docs/results/timeseries.md) and AUROC.
 """
 from __future__ import annotations
 
+import collections
 import json
 import pathlib
 import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -47,6 +69,7 @@ from experiments.configs import generation_magnetic_tile, generation_tiny
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 OUT = REPO / "docs" / "results"
+ART = {"dir": OUT / "generation"}  # artefacts (JSON, grid, sample dataset); --quick: a temp dir
 
 
 class Segmenter(nn.Module):
@@ -114,7 +137,9 @@ def c2st(real, fake, seed):
     return float(cross_val_score(clf, X, y, cv=5).mean()), int(n)
 
 
-def run_image(cfg, log):
+def _image_setup(cfg, log):
+    """Magnetic-tile split, the generator fitted on each type's training third, and its samples
+    inserted into random normal training images (shared by the image and image_head parts)."""
     t0 = time.time()
     data = image_data.load_magnetic_tile(DATA / "image" / "magnetic_tile", size=cfg.size)
     split = image_data.magnetic_tile_split(data, seed=cfg.seed)
@@ -147,8 +172,49 @@ def run_image(cfg, log):
     base = normal[rng.integers(0, len(normal), cfg.num_generated)]
     out = gen.generate(base=base, guidance=cfg.guidance)
     t_gen = time.time() - t1
-    out0 = gen.generate(base=base[:64], masks=out.masks[:64], label=out.labels[:64], guidance=0.0)
     log(f"generator fit {t_fit:.0f}s, generate {cfg.num_generated} in {t_gen:.0f}s")
+    return normal, train_def, test, gen, base, out, rng, {"generator_fit": t_fit, "generate": t_gen}
+
+
+def run_image_head(cfg, log):
+    """Image-level downstream gain through the library path: ImageDetector (the denoise scorer of
+    experiments/configs/image_magnetic_tile.py) + the supervised head (`fit_head`) trained on
+    the normal training images vs each set of synthetic anomalies."""
+    from adiff.detectors import ImageDetector  # pylint: disable=import-outside-toplevel
+    from experiments.configs import image_magnetic_tile  # pylint: disable=import-outside-toplevel
+    normal, train_def, test, _, base, out, _, times = _image_setup(cfg, log)
+    icfg = image_magnetic_tile.get_config()
+    kw = dict(icfg.detector.to_dict())
+    kw.update(icfg.denoise.to_dict())
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+    kw.update(cfg.image_head.detector_overrides.to_dict())
+    t1 = time.time()
+    det = ImageDetector(seed=cfg.seed, **kw).fit(normal)
+    times["detector_fit"] = time.time() - t1
+    cp_img, _ = cut_paste(np.random.default_rng(cfg.seed + 7), base)
+    xt = test.images.astype(np.float32) / 255.0
+    sets = {"none: ImageDetector denoise (unsupervised)": None,
+            "detector + head: cut-paste": cp_img,
+            "detector + head: adiff generated": out.samples,
+            "reference: detector + head: real training third":
+                train_def.images.astype(np.float32) / 255.0}
+    res = {}
+    for name, anomalies in sets.items():
+        t1 = time.time()
+        det.fit_head(normal, anomalies)
+        an = det.analyze(xt)
+        s = det.decision_function(xt)
+        res[name] = image_metrics(an.maps, test)
+        res[name]["image_auroc"] = metrics.auroc(test.labels, s)
+        log(f"{name}: {res[name]} ({time.time() - t1:.0f}s)")
+    return {"downstream": res, "times_s": times,
+            "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}}
+
+
+def run_image(cfg, log):
+    normal, train_def, test, gen, base, out, rng, times = _image_setup(cfg, log)
+    t_fit, t_gen = times["generator_fit"], times["generate"]
+    out0 = gen.generate(base=base[:64], masks=out.masks[:64], label=out.labels[:64], guidance=0.0)
 
     cp_img, cp_mask = cut_paste(np.random.default_rng(cfg.seed + 7), base)
     seg = cfg.segmenter
@@ -198,11 +264,11 @@ def run_image(cfg, log):
                  np.abs(out0.samples - base[:64])[..., 0][out0.masks > 0].mean())}
 
     # grids
-    grid_path = OUT / "generation" / "magnetic_tile_grid.png"
+    grid_path = ART["dir"] / "magnetic_tile_grid.png"
     save_grid(grid_path, base[:8], out.samples[:8], out.masks[:8], train_def, cp_img[:8])
     write_dataset(gen.generate(base=base[:4], masks=out.masks[:4], label=out.labels[:4],
                                guidance=cfg.guidance),
-                  OUT / "generation" / "sample_dataset", modality="image",
+                  ART["dir"] / "sample_dataset", modality="image",
                   extra={"source": "magnetic tile benchmark", "seed": cfg.seed})
     return {"downstream": res, "c2st": fid, "diversity": div, "mask_alignment": align,
             "counts": {"normal_train": len(normal), "generator_defects": len(train_def),
@@ -227,18 +293,20 @@ def save_grid(path, base, gen, masks, real, cp):
     img.save(path, optimize=True)
 
 
-def run_table(cfg, log):
-    from pyod.models.knn import KNN
+def run_table(cfg, log, dataset):
+    """Downstream gain on one ADBench table (see the module docstring), every seed."""
+    from pyod.models.knn import KNN  # pylint: disable=import-outside-toplevel
+    from adiff.detectors import TabularDetector  # pylint: disable=import-outside-toplevel
     t = cfg.table
-    X, y = tabular_data.load_adbench_npz(next((DATA / "tabular" / t.dataset).glob("*.npz")))
-    rows = {k: [] for k in ("none: KNN on normals (PyOD)", "naive: uniform noise (MLP)",
-                            "few real anomalies only (MLP)", "adiff class-conditioned (MLP)",
-                            "adiff unsupervised, low-density (MLP)")}
+    X, y = tabular_data.load_adbench_npz(next((DATA / "tabular" / dataset).glob("*.npz")))
+    rows = collections.defaultdict(list)  # insertion order = row order
+    times = {k: [] for k in ("generator_fit", "detector_fit", "detector_head_fit")}
     for seed in t.seeds:
         rng = np.random.default_rng(seed)
         normal, anom = X[y == 0], X[y == 1]
         perm = rng.permutation(len(normal))
-        tr = normal[perm[: len(normal) // 2]]
+        n_tr = min(len(normal) // 2, t.max_train)
+        tr = normal[perm[:n_tr]]
         te_n = normal[perm[len(normal) // 2:]]
         ap = rng.permutation(len(anom))
         few, te_a = anom[ap[: t.num_labelled]], anom[ap[t.num_labelled:]]
@@ -255,41 +323,179 @@ def run_table(cfg, log):
             m = MLPClassifier((64, 64), max_iter=300, random_state=seed).fit(Xc[rep], yc[rep])
             return metrics.auroc(yte, m.predict_proba(Xte)[:, 1])
 
+        def det_auc(anomalies, key):
+            t1 = time.time()
+            d = TabularDetector(seed=seed).fit(tr, anomalies=anomalies)
+            times[key].append(time.time() - t1)
+            return metrics.auroc(yte, d.decision_function(Xte))
+
         rows["none: KNN on normals (PyOD)"].append(
             metrics.auroc(yte, KNN().fit(tr).decision_function(Xte)))
+        rows["none: adiff TabularDetector (unsupervised default)"].append(det_auc(None, "detector_fit"))
         lo, hi = tr.min(0), tr.max(0)
         span = hi - lo
         noise = rng.uniform(lo - 0.1 * span, hi + 0.1 * span, (t.num_generated, tr.shape[1]))
-        rows["naive: uniform noise (MLP)"].append(clf_auc(tr, noise))
-        rows["few real anomalies only (MLP)"].append(clf_auc(tr, few))
+        t1 = time.time()
         gen = AnomalyGenerator(modality="table", seed=seed, train_steps=t.train_steps,
                                batch_size=64, num_steps=25).fit(tr, anomalies=few)
+        times["generator_fit"].append(time.time() - t1)
         g = gen.generate(n=t.num_generated, label="anomaly", guidance=t.guidance).samples
-        rows["adiff class-conditioned (MLP)"].append(clf_auc(tr, np.concatenate([g, few])))
+        gc = gen.generate(n=t.num_generated, label="anomaly", guidance=t.guidance,
+                          clip_x0=t.clip_x0).samples
         gu = AnomalyGenerator(modality="table", seed=seed, train_steps=t.train_steps,
                               batch_size=64, num_steps=25).fit(tr)
         g2 = gu.generate(n=t.num_generated, guidance=t.guidance).samples
+        rows["naive: uniform noise (MLP)"].append(clf_auc(tr, noise))
+        rows["few real anomalies only (MLP)"].append(clf_auc(tr, few))
+        rows["adiff class-conditioned (MLP)"].append(clf_auc(tr, np.concatenate([g, few])))
+        rows[f"adiff class-conditioned, clip_x0={t.clip_x0:g} (MLP)"].append(
+            clf_auc(tr, np.concatenate([gc, few])))
         rows["adiff unsupervised, low-density (MLP)"].append(clf_auc(tr, g2))
-        log(f"table seed {seed}: " + ", ".join(f"{k}={v[-1]:.3f}" for k, v in rows.items()))
-    return {k: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "runs": v}
-            for k, v in rows.items()}
+        rows["detector + head: uniform noise + few real"].append(
+            det_auc(np.concatenate([noise, few]), "detector_head_fit"))
+        rows["detector + head: few real only"].append(det_auc(few, "detector_head_fit"))
+        rows["detector + head: adiff class-conditioned + few real"].append(
+            det_auc(np.concatenate([g, few]), "detector_head_fit"))
+        rows[f"detector + head: adiff class-conditioned (clip_x0={t.clip_x0:g}) + few real"].append(
+            det_auc(np.concatenate([gc, few]), "detector_head_fit"))
+        far = lambda a: float(np.mean(np.abs(a).max(1) > 10.0))
+        rows["share of generated rows beyond 10 sd (no clip)"].append(far(g))
+        rows[f"share of generated rows beyond 10 sd (clip_x0={t.clip_x0:g})"].append(far(gc))
+        log(f"table {dataset} seed {seed}: " + ", ".join(f"{k}={v[-1]:.3f}" for k, v in rows.items()))
+    return {"rows": {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                         "runs": v} for k, v in rows.items()},
+            "times_s": {k: float(np.median(v)) for k, v in times.items() if v},
+            "counts": {"n": int(len(X)), "d": int(X.shape[1]), "anomalies": int(y.sum()),
+                       "train": int(n_tr), "labelled": int(t.num_labelled)}}
+
+
+def _insert_windows(rng, tail, windows, masks, length):
+    """Places windows [K, L, C] (with step masks [K, L]) into copies of the series `tail` at
+    non-overlapping random positions (a gap of >= L steps between them); returns the series
+    (copies concatenated) and its 0/1 step labels."""
+    per_copy = max(1, len(tail) // (2 * length) - 1)
+    series, labels = [], []
+    for c0 in range(0, len(windows), per_copy):
+        w, m = windows[c0:c0 + per_copy], masks[c0:c0 + per_copy]
+        s, lab = tail.copy(), np.zeros(len(tail), np.int64)
+        slots = rng.permutation(len(tail) // (2 * length) - 1)[:len(w)]
+        for (wi, mi), slot in zip(zip(w, m), slots):
+            a = length // 2 + 2 * length * int(slot)
+            keep = mi[:, None] > 0
+            s[a:a + length] = np.where(keep, wi, s[a:a + length])
+            lab[a:a + length] = mi > 0
+        series.append(s)
+        labels.append(lab)
+    return np.concatenate(series), np.concatenate(labels)
+
+
+def run_series(cfg, log):
+    """Downstream gain on SKAB (see the module docstring)."""
+    from adiff.data import timeseries as tsd  # pylint: disable=import-outside-toplevel
+    from adiff.detectors import TimeSeriesDetector  # pylint: disable=import-outside-toplevel
+    from adiff.generation import SERIES_TYPES, inject_series_anomaly  # pylint: disable=import-outside-toplevel
+    from experiments.configs import ts_skab  # pylint: disable=import-outside-toplevel
+    sc = cfg.series
+    root = DATA / "timeseries" / "skab"
+    runs = tsd.skab_runs(root)
+    labelled = [r for r in runs if r in sc.labelled_runs]
+    test_runs = [r for r in runs if r not in sc.labelled_runs][: sc.max_test_runs]
+    train = tsd.load_skab(root, runs[0]).train.astype(np.float32)
+    det_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in ts_skab.get_config().detector.to_dict().items()}
+    det_kw.update(dict(sc.detector_overrides))
+    L = int(det_kw["window"])
+    mu, sd = train.mean(0), np.maximum(train.std(0), 1e-6)
+    rows, times = {}, {}
+    seeds = tuple(sc.seeds)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        det_kw["seed"] = seed
+        t1 = time.time()
+        det = TimeSeriesDetector(**det_kw).fit(train)
+        times.setdefault("detector_fit", []).append(time.time() - t1)
+        n_cal = det.n_calibration_
+        tail = train[-n_cal:] if n_cal > 0 else train[-len(train) // 5:]
+        # the few real labelled anomalies: windows over the labelled runs' anomalous steps
+        lab_series, lab_labels, an_w, an_m, an_t = [], [], [], [], []
+        for r in labelled:
+            sp = tsd.load_skab(root, r)
+            x, yl = sp.test.astype(np.float32), sp.labels.astype(np.int64)
+            lab_series.append(x)
+            lab_labels.append(yl)
+            for a in range(0, len(x) - L + 1, sc.labelled_stride):
+                m = yl[a:a + L]
+                if m.any():
+                    an_w.append(x[a:a + L]); an_m.append(m); an_t.append(r.split("/")[0])
+        few = (np.concatenate(lab_series), np.concatenate(lab_labels))
+        starts = np.arange(0, len(train) - n_cal - L + 1, sc.normal_stride)
+        normal_w = np.stack([train[a:a + L] for a in starts])
+        t1 = time.time()
+        gen = AnomalyGenerator(modality="series", seed=seed, train_steps=sc.train_steps,
+                               batch_size=64, num_steps=sc.num_steps, width=sc.width).fit(
+            normal_w, anomalies=np.stack(an_w), masks=np.stack(an_m), labels=an_t)
+        times.setdefault("generator_fit", []).append(time.time() - t1)
+        base_starts = rng.integers(0, len(tail) - L + 1, sc.num_generated)
+        base = np.stack([tail[a:a + L] for a in base_starts])
+        out = gen.generate(base=base, guidance=sc.guidance)
+        gen_series = _insert_windows(np.random.default_rng(seed + 1), tail, out.samples, out.masks, L)
+        naive = np.empty_like(base)
+        for i, (b, m) in enumerate(zip(base, out.masks)):
+            idx = np.flatnonzero(m)
+            kind = SERIES_TYPES[rng.integers(len(SERIES_TYPES))]
+            z = inject_series_anomaly(rng, (b - mu) / sd, kind, start=int(idx[0]), length=len(idx))
+            naive[i] = z * sd + mu
+        naive_series = _insert_windows(np.random.default_rng(seed + 1), tail, naive, out.masks, L)
+        variants = {"none: adiff TimeSeriesDetector (unsupervised)": None,
+                    "detector + head: few real labelled runs only": few,
+                    "detector + head: naive parametric injection": naive_series,
+                    "detector + head: adiff generated": gen_series}
+        for name, anomalies in variants.items():
+            # one network for every row: only the supervised head changes (fit_head)
+            t1 = time.time()
+            d = det.fit_head(train, anomalies)
+            if anomalies is not None:
+                times.setdefault("head_fit", []).append(time.time() - t1)
+            vus, auc = [], []
+            for r in test_runs:
+                sp = tsd.load_skab(root, r)
+                s = d.decision_function(sp.test)
+                vus.append(metrics.vus_pr(sp.labels, s, sliding_window=metrics.vus_window(sp.test)))
+                auc.append(metrics.auroc(sp.labels, s))
+            rows.setdefault(name, {"vus_pr": [], "auroc": []})
+            rows[name]["vus_pr"].append(float(np.mean(vus)))
+            rows[name]["auroc"].append(float(np.mean(auc)))
+            log(f"series seed {seed} {name}: VUS-PR {np.mean(vus):.3f}, AUROC {np.mean(auc):.3f}")
+    summ = lambda v: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                      "runs": v}
+    return {"rows": {k: {m: summ(v) for m, v in d.items()} for k, d in rows.items()},
+            "times_s": {k: float(np.median(v)) for k, v in times.items()},
+            "counts": {"train_steps": int(len(train)), "labelled_runs": labelled,
+                       "test_runs": len(test_runs), "generator_anomaly_windows": len(an_w),
+                       "generated": int(sc.num_generated)},
+            "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in det_kw.items()}}
 
 
 def fmt(v):
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _ms(v):
+    return f"{v['mean']:.3f} +- {v['sd']:.3f}" if len(v["runs"]) > 1 else f"{v['mean']:.3f}"
+
+
 def write_markdown(res, path):
     im, cfg = res.get("image", {}), res["config"]
     L = ["# Anomaly generation results", "",
-         f"Command: `{res['command']}` (total {res.get('total_s', 0):.0f} s on a shared 2-core CPU).",
-         "", __doc__.split("\n\n", 1)[1].strip(), "",
-         f"Reductions (CPU budget of 15 min): {cfg['size']} px images; generator "
-         f"{cfg['generator']['train_steps']} steps, width {cfg['generator']['width']}, "
-         f"mults {cfg['generator']['channel_mults']}, DDIM {cfg['generator']['num_steps']} steps; "
-         f"{cfg['num_generated']} generated defects; segmenter {cfg['segmenter']['steps']} steps; "
-         f"one seed ({cfg['seed']}) for images, seeds {cfg['table']['seeds']} for the table.", ""]
+         "Commands (each part can be rerun alone; `--merge` keeps the other parts' results from "
+         "docs/results/generation/generation.json):", ""]
+    L += [f"- {part}: `{cmd}`" for part, cmd in res.get("commands", {}).items()]
+    L += ["", __doc__.split("\n\n", 1)[1].split("\n\n  flock")[0].strip(), ""]
     if im:
+        L += [f"Image reductions (CPU budget of 15 min): {cfg['size']} px images; generator "
+              f"{cfg['generator']['train_steps']} steps, width {cfg['generator']['width']}, "
+              f"mults {cfg['generator']['channel_mults']}, DDIM {cfg['generator']['num_steps']} steps; "
+              f"{cfg['num_generated']} generated defects; segmenter {cfg['segmenter']['steps']} steps; "
+              f"one seed ({cfg['seed']}).", ""]
         L += ["## Magnetic tile: downstream (test = held-out normals + the two unseen thirds of "
               "each defect type)", "", f"Counts: {im['counts']}", "",
               "| training anomalies | image AUROC | pixel AUROC | AUPRO |", "|---|---:|---:|---:|"]
@@ -309,18 +515,63 @@ def write_markdown(res, path):
               "the mask), so it measures the implementation, not the model.", "",
               "Grid (rows: normal base, generated, mask, real training defects, cut-paste): "
               "![grid](generation/magnetic_tile_grid.png)", ""]
-    if "table" in res:
-        t = res["table"]
-        L += [f"## Table: {cfg['table']['dataset']} (semi-supervised protocol, "
-              f"{cfg['table']['num_labelled']} labelled anomalies removed from test)", "",
-              "| detector | AUROC mean | sd |", "|---|---:|---:|"]
-        L += [f"| {k} | {fmt(v['mean'])} | {fmt(v['sd'])} |" for k, v in t.items()]
+    if "image_head" in res:
+        ih = res["image_head"]
+        L += ["## Magnetic tile: ImageDetector + supervised head (image-level; same split, generator "
+              "and generated defects as above)", "",
+              f"Detector: `ImageDetector({ih['detector']})` (experiments/configs/image_magnetic_tile.py, "
+              f"detector + denoise settings); median seconds: {_fmt_times(ih['times_s'])}. The head "
+              "re-ranks images only: the maps, hence pixel AUROC and AUPRO, are the unsupervised "
+              "detector's in every row.", "",
+              "| head trained on | image AUROC | pixel AUROC | AUPRO |", "|---|---:|---:|---:|"]
+        L += [f"| {k} | {fmt(v['image_auroc'])} | {fmt(v['pixel_auroc'])} | {fmt(v['aupro'])} |"
+              for k, v in ih["downstream"].items()]
+        L += [""]
+    for name, t in res.get("tables", {}).items():
+        tc = cfg["table"]
+        L += [f"## Table: ADBench {name} (semi-supervised protocol, {tc['num_labelled']} labelled "
+              f"anomalies removed from test; seeds {list(tc['seeds'])})", "",
+              f"Counts: {t['counts']}; median seconds per seed: {_fmt_times(t['times_s'])}.", "",
+              "| training anomalies -> downstream model | AUROC (mean +- sd over seeds) | per seed |",
+              "|---|---:|---|"]
+        L += [f"| {k} | {_ms(v)} | {' / '.join(f'{x:.3f}' for x in v['runs'])} |"
+              for k, v in t["rows"].items()]
+        L += [""]
+    if "series" in res:
+        se = res["series"]
+        L += ["## Series: SKAB (train anomaly-free.csv; the labelled runs "
+              f"{se['counts']['labelled_runs']} give the few real anomalies and leave the test set)", "",
+              f"Counts: {se['counts']}; median seconds: {_fmt_times(se['times_s'])}. Detector: "
+              f"`TimeSeriesDetector({se['detector']})` (experiments/configs/ts_skab.py).", "",
+              "| head trained on | mean VUS-PR over test runs | mean AUROC | per seed (VUS-PR) |",
+              "|---|---:|---:|---|"]
+        L += [f"| {k} | {_ms(v['vus_pr'])} | {_ms(v['auroc'])} | "
+              f"{' / '.join(f'{x:.3f}' for x in v['vus_pr']['runs'])} |" for k, v in se["rows"].items()]
+        L += [""]
+    notes = OUT / "generation_notes.md"
+    if notes.exists():
+        L += [notes.read_text().rstrip(), ""]
     path.write_text("\n".join(L) + "\n")
 
 
+def _fmt_times(t):
+    return ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+
+
 def main(argv):
-    quick = "--quick" in argv
+    del argv
+    quick = FLAGS.quick
     cfg = generation_tiny.get_config() if quick else generation_magnetic_tile.get_config()
+    parts = list(FLAGS.parts)
+    for p in parts:
+        if p not in ("image", "image_head", "table", "series"):
+            raise ValueError(f"--parts takes image, image_head, table, series; got {p!r}")
+    if FLAGS.tables:
+        cfg.table.datasets = tuple(FLAGS.tables)
+    if FLAGS.table_seeds:
+        cfg.table.seeds = tuple(int(s) for s in FLAGS.table_seeds)
+    if FLAGS.series_seeds:
+        cfg.series.seeds = tuple(int(s) for s in FLAGS.series_seeds)
     lines = []
 
     def log(s):
@@ -328,25 +579,60 @@ def main(argv):
         lines.append(s)
 
     t0 = time.time()
-    res = {"config": cfg.to_dict(), "quick": quick}
-    name = "generation_quick.json" if quick else "generation.json"
-    (OUT / "generation").mkdir(parents=True, exist_ok=True)
-    save = lambda: (OUT / "generation" / name).write_text(json.dumps(res, indent=1, default=str))
-    res["command"] = "flock /tmp/adiff_heavy.lock timeout 900 python -m " \
-                     "experiments.benchmarks.generation" + (" --quick" if quick else "")
-    res["image"] = run_image(cfg, log)
-    save()
-    if not quick:
-        write_markdown(res, OUT / "generation.md")
-    res["table"] = run_table(cfg, log)
-    res["total_s"] = time.time() - t0
-    res["command"] = "flock /tmp/adiff_heavy.lock timeout 900 python -m " \
-                     "experiments.benchmarks.generation" + (" --quick" if quick else "")
-    save()
-    if not quick:
-        write_markdown(res, OUT / "generation.md")
-    log(f"total {res['total_s']:.0f}s")
+    if quick:  # the smoke run never touches the committed results
+        ART["dir"] = pathlib.Path(tempfile.mkdtemp(prefix="adiff_generation_quick_"))
+    json_path = ART["dir"] / "generation.json"
+    ART["dir"].mkdir(parents=True, exist_ok=True)
+    res = {}
+    if FLAGS.merge and json_path.exists():
+        res = json.loads(json_path.read_text())
+        if "table" in res and "tables" not in res:  # the single-table layout of session 3
+            res.pop("table")
+    res.setdefault("commands", {})
+    if "command" in res:  # session-3 layout: one command for the image part
+        res["commands"].setdefault("image", res.pop("command"))
+    res["config"] = cfg.to_dict()
+    res["quick"] = quick
+    cmd = "flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.generation " \
+          + " ".join(a for a in sys.argv[1:])
+    save = lambda: json_path.write_text(json.dumps(res, indent=1, default=str))
+    out_md = pathlib.Path(FLAGS.out)
+
+    def flush():
+        save()
+        if not quick:
+            write_markdown(res, out_md)
+
+    if "image" in parts:
+        res["image"] = run_image(cfg, log)
+        res["commands"]["image"] = cmd
+        flush()
+    if "image_head" in parts:
+        res["image_head"] = run_image_head(cfg, log)
+        res["commands"]["image_head"] = cmd
+        flush()
+    if "table" in parts:
+        res.setdefault("tables", {})
+        for ds in cfg.table.datasets:
+            res["tables"][ds] = run_table(cfg, log, ds)
+            res["commands"][f"table {ds}"] = cmd
+            flush()
+    if "series" in parts:
+        res["series"] = run_series(cfg, log)
+        res["commands"]["series"] = cmd
+        flush()
+    log(f"total {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
+    flags.DEFINE_list("parts", ["image", "image_head", "table", "series"],
+                      "Parts to run: image, image_head, table, series.")
+    flags.DEFINE_list("tables", [], "ADBench tables (default: the config's).")
+    flags.DEFINE_list("table_seeds", [], "Seeds of the table part (default: the config's).")
+    flags.DEFINE_list("series_seeds", [], "Seeds of the series part (default: the config's).")
+    flags.DEFINE_bool("merge", False, "Keep the other parts' results from the previous JSON.")
+    flags.DEFINE_string("out", str(OUT / "generation.md"), "Results markdown.")
+    FLAGS = flags.FLAGS
+    app.run(main)

@@ -15,4 +15,16 @@ def get_config():
     c.table.seeds = (0,)
     c.table.train_steps = 40
     c.table.num_generated = 50
+    c.image_head.detector_overrides = dict(train_steps=20, base_channels=8, channel_mults=(1, 2),
+                                           groups=4, t0=(0.3,), repeats=1)
+    c.table.datasets = ("Stamps",)
+    c.table.num_labelled = 5
+    c.series.seeds = (0,)
+    c.series.max_test_runs = 2
+    c.series.train_steps = 20
+    c.series.num_steps = 4
+    c.series.width = 8
+    c.series.num_generated = 8
+    c.series.detector_overrides = dict(train_steps=20, channels=8, num_blocks=2, window=16,
+                                       score_stride=8, scoring="denoising")
     return c
