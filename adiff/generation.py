@@ -64,6 +64,7 @@ FORMAT = "adiff-generator"
 VERSION = 1
 _RANK = {"image": 4, "series": 3, "table": 2}
 SERIES_TYPES = ("spike", "level_shift", "pattern_change", "noise_burst")
+DEFAULT_TRAIN_STEPS = {"image": 1000, "series": 1000, "table": 20000}
 
 
 @flax.struct.dataclass
@@ -282,7 +283,7 @@ class AnomalyGenerator:
       out = gen.generate(base=normal[:8], guidance=2.0)   # out.samples, out.masks, out.labels
     """
 
-    def __init__(self, modality: str = "image", seed: int = 0, *, train_steps: int = 1000,
+    def __init__(self, modality: str = "image", seed: int = 0, *, train_steps: Optional[int] = None,
                  batch_size: int = 32, learning_rate: float = 1e-3, ema_decay: float = 0.995,
                  p_uncond: float = 0.2, num_steps: int = 50, width: int = 32,
                  channel_mults: Tuple[int, ...] = (1, 2), groups: int = 8,
@@ -293,7 +294,10 @@ class AnomalyGenerator:
         Args:
           modality: "image", "series" or "table".
           seed: seeds parameters, batches, masks and sampling noise.
-          train_steps: optimiser steps.
+          train_steps: optimiser steps; None: the modality's default (DEFAULT_TRAIN_STEPS:
+            1000 for images and series, 20000 for tables, whose small MLP steps are cheap and
+            whose samples were far off at 1500 steps: on cardio 54% of normal-label samples lay
+            beyond 10 training standard deviations, 1.6% at 20000, against 1% of real rows).
           batch_size: training batch size.
           learning_rate: Adam peak learning rate (cosine decay).
           ema_decay: parameter EMA decay (the EMA parameters sample).
@@ -310,6 +314,8 @@ class AnomalyGenerator:
         """
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        if train_steps is None:
+            train_steps = DEFAULT_TRAIN_STEPS[modality]
         for name, v in (("train_steps", train_steps), ("batch_size", batch_size),
                         ("num_steps", num_steps), ("width", width)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
@@ -1013,7 +1019,7 @@ def write_dataset(output: GenerationOutput, directory: str | os.PathLike, *, mod
 
 
 def generate_dataset(normal_path: str, out_dir: str, *, modality: str = "table", n: int = 100,
-                     guidance: float = 2.0, seed: int = 0, train_steps: int = 1000,
+                     guidance: float = 2.0, seed: int = 0, train_steps: Optional[int] = None,
                      anomalies_path: Optional[str] = None) -> pathlib.Path:
     """CLI-able end to end: fit on npz arrays and write a generated dataset.
 
@@ -1024,7 +1030,7 @@ def generate_dataset(normal_path: str, out_dir: str, *, modality: str = "table",
       n: number of samples.
       guidance: CFG strength.
       seed: seed.
-      train_steps: generator training steps.
+      train_steps: generator training steps (None: the modality's default).
       anomalies_path: optional .npz with "X" (anomalies) and optional "masks", "labels".
 
     Returns:
@@ -1042,7 +1048,7 @@ def generate_dataset(normal_path: str, out_dir: str, *, modality: str = "table",
     out = gen.generate(base=base, n=n, guidance=guidance)
     return write_dataset(out, out_dir, modality=modality,
                          extra={"normal": str(normal_path), "anomalies": anomalies_path,
-                                "seed": seed, "guidance": guidance, "train_steps": train_steps})
+                                "seed": seed, "guidance": guidance, "train_steps": gen.train_steps})
 
 
 def main(argv=None):  # pragma: no cover - thin CLI
@@ -1056,7 +1062,7 @@ def main(argv=None):  # pragma: no cover - thin CLI
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train_steps", type=int, default=1000)
+    p.add_argument("--train_steps", type=int, default=None)
     a = p.parse_args(argv)
     print(generate_dataset(a.normal, a.out, modality=a.modality, n=a.n, guidance=a.guidance,
                            seed=a.seed, train_steps=a.train_steps, anomalies_path=a.anomalies))

@@ -402,3 +402,12 @@ def test_clip_x0_stops_far_off_table_samples(table_gen):
     assert far[3.0] <= 0.005 and far[None] > far[3.0] + 0.02, far
     with pytest.raises(ValueError, match="clip_x0"):
         gen.generate(n=2, clip_x0=-1.0)
+
+
+def test_train_steps_default_depends_on_the_modality():
+    from adiff.generation import DEFAULT_TRAIN_STEPS  # pylint: disable=import-outside-toplevel
+    assert AnomalyGenerator(modality="table").train_steps == DEFAULT_TRAIN_STEPS["table"] == 20000
+    assert AnomalyGenerator(modality="image").train_steps == 1000
+    assert AnomalyGenerator(modality="series", train_steps=7).train_steps == 7
+    with pytest.raises(ValueError, match="train_steps"):
+        AnomalyGenerator(modality="table", train_steps=0)

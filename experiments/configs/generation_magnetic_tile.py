@@ -18,7 +18,7 @@ def get_config():
     c.image_head = ml_collections.ConfigDict(dict(detector_overrides={}))
     c.table = ml_collections.ConfigDict(dict(
         datasets=("cardio", "satellite"), seeds=(0, 1, 2), num_labelled=10, num_generated=500,
-        train_steps=1500, guidance=2.0, clip_x0=5.0, max_train=20000))
+        train_steps=20000, guidance=2.0, clip_x0=5.0, max_train=20000))
     # SKAB downstream: the detector of experiments/configs/ts_skab.py; the first run of each
     # folder gives the few labelled anomalies (those runs leave the test set).
     c.series = ml_collections.ConfigDict(dict(
