@@ -346,6 +346,7 @@ def run_table(cfg, log, dataset):
                               batch_size=64, num_steps=25).fit(tr)
         g2 = gu.generate(n=t.num_generated, guidance=t.guidance).samples
         rows["naive: uniform noise (MLP)"].append(clf_auc(tr, noise))
+        rows["naive: uniform noise + few real (MLP)"].append(clf_auc(tr, np.concatenate([noise, few])))
         rows["few real anomalies only (MLP)"].append(clf_auc(tr, few))
         rows["adiff class-conditioned (MLP)"].append(clf_auc(tr, np.concatenate([g, few])))
         rows[f"adiff class-conditioned, clip_x0={t.clip_x0:g} (MLP)"].append(
