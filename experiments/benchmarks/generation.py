@@ -39,6 +39,13 @@ masks as step labels. Naive baseline: the same windows and masks with a parametr
 (spike, level shift, pattern change or noise burst, `inject_series_anomaly`) instead. The same
 fitted network scores every row; only the supervised head changes (`fit_head`). Metrics: mean
 over the test runs of VUS-PR (buffer from the raw run, as docs/results/timeseries.md) and AUROC.
+
+Series (ASD, --parts=series_asd, entities --asd_offset/--asd_entities, merged across runs with
+--merge): per entity, the detector of experiments/configs/ts_asd.py on the train file; no labelled
+anomalies are used: the series generator learns the four parametric types from examples injected
+into training windows (its unsupervised mode) and regenerates segments of windows from the
+held-out tail as above; naive = parametric injection into the same windows and masks; metrics on
+the entity's test file.
 """
 from __future__ import annotations
 
@@ -390,11 +397,93 @@ def _insert_windows(rng, tail, windows, masks, length):
     return np.concatenate(series), np.concatenate(labels)
 
 
+def _naive_windows(rng, base, masks, mu, sd):
+    """The naive baseline: a random parametric anomaly (SERIES_TYPES) in each window's mask."""
+    from adiff.generation import SERIES_TYPES, inject_series_anomaly  # pylint: disable=import-outside-toplevel
+    naive = np.empty_like(base)
+    for i, (b, m) in enumerate(zip(base, masks)):
+        idx = np.flatnonzero(m)
+        kind = SERIES_TYPES[rng.integers(len(SERIES_TYPES))]
+        z = inject_series_anomaly(rng, (b - mu) / sd, kind, start=int(idx[0]), length=len(idx))
+        naive[i] = z * sd + mu
+    return naive
+
+
+def _score_heads(det, train, variants, tests, times):
+    """For each (name, anomalies) head variant: fit_head on the fitted detector (one network for
+    every row), then per-series VUS-PR and AUROC over `tests` [(name, loader() -> SeriesSplit)]."""
+    out = {}
+    for name, anomalies in variants.items():
+        t1 = time.time()
+        d = det.fit_head(train, anomalies)
+        if anomalies is not None:
+            times.setdefault("head_fit", []).append(time.time() - t1)
+        vus, auc = [], []
+        for _, load in tests:
+            sp = load()
+            s = d.decision_function(sp.test)
+            vus.append(metrics.vus_pr(sp.labels, s, sliding_window=metrics.vus_window(sp.test)))
+            auc.append(metrics.auroc(sp.labels, s))
+        out[name] = (vus, auc)
+    return out
+
+
+def run_series_asd(cfg, log):
+    """Downstream gain on ASD entities without labelled anomalies (see the module docstring)."""
+    from adiff.data import timeseries as tsd  # pylint: disable=import-outside-toplevel
+    from adiff.detectors import TimeSeriesDetector  # pylint: disable=import-outside-toplevel
+    from experiments.configs import ts_asd  # pylint: disable=import-outside-toplevel
+    sc = cfg.series
+    root = DATA / "timeseries" / "asd"
+    entities = [e for e in tsd.asd_entities(root)][sc.asd_offset: sc.asd_offset + sc.asd_entities]
+    det_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in ts_asd.get_config().detector.to_dict().items()}
+    det_kw.update(dict(sc.detector_overrides))
+    L = int(det_kw["window"])
+    per, times = {}, {}
+    seed = int(sc.seeds[0])
+    det_kw["seed"] = seed
+    for ent in entities:
+        split = tsd.load_asd(root, ent)
+        train = split.train.astype(np.float32)
+        rng = np.random.default_rng(seed)
+        t1 = time.time()
+        det = TimeSeriesDetector(**det_kw).fit(train)
+        times.setdefault("detector_fit", []).append(time.time() - t1)
+        n_cal = det.n_calibration_
+        tail = train[-n_cal:] if n_cal > 0 else train[-len(train) // 5:]
+        mu, sd = train.mean(0), np.maximum(train.std(0), 1e-6)
+        starts = np.arange(0, len(train) - n_cal - L + 1, sc.normal_stride)
+        t1 = time.time()
+        gen = AnomalyGenerator(modality="series", seed=seed, train_steps=sc.train_steps,
+                               batch_size=64, num_steps=sc.num_steps, width=sc.width).fit(
+            np.stack([train[a:a + L] for a in starts]))  # no labels: the parametric types
+        times.setdefault("generator_fit", []).append(time.time() - t1)
+        base = np.stack([tail[a:a + L] for a in rng.integers(0, len(tail) - L + 1, sc.num_generated)])
+        out = gen.generate(base=base, guidance=sc.guidance)
+        variants = {
+            "none: adiff TimeSeriesDetector (unsupervised)": None,
+            "detector + head: naive parametric injection": _insert_windows(
+                np.random.default_rng(seed + 1), tail, _naive_windows(rng, base, out.masks, mu, sd),
+                out.masks, L),
+            "detector + head: adiff generated (types learned from injected examples)": _insert_windows(
+                np.random.default_rng(seed + 1), tail, out.samples, out.masks, L)}
+        res = _score_heads(det, train, variants, [(ent, lambda s=split: s)], times)
+        for name, (vus, auc) in res.items():
+            per.setdefault(name, {"vus_pr": [], "auroc": []})
+            per[name]["vus_pr"].append(float(vus[0]))
+            per[name]["auroc"].append(float(auc[0]))
+            log(f"asd {ent} {name}: VUS-PR {vus[0]:.3f}, AUROC {auc[0]:.3f}")
+    summ = lambda v: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                      "runs": v}
+    return {"rows": {k: {m: summ(v) for m, v in d.items()} for k, d in per.items()},
+            "entities": entities, "times_s": {k: float(np.median(v)) for k, v in times.items()},
+            "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in det_kw.items()}}
+
+
 def run_series(cfg, log):
     """Downstream gain on SKAB (see the module docstring)."""
     from adiff.data import timeseries as tsd  # pylint: disable=import-outside-toplevel
     from adiff.detectors import TimeSeriesDetector  # pylint: disable=import-outside-toplevel
-    from adiff.generation import SERIES_TYPES, inject_series_anomaly  # pylint: disable=import-outside-toplevel
     from experiments.configs import ts_skab  # pylint: disable=import-outside-toplevel
     sc = cfg.series
     root = DATA / "timeseries" / "skab"
@@ -439,29 +528,14 @@ def run_series(cfg, log):
         base = np.stack([tail[a:a + L] for a in base_starts])
         out = gen.generate(base=base, guidance=sc.guidance)
         gen_series = _insert_windows(np.random.default_rng(seed + 1), tail, out.samples, out.masks, L)
-        naive = np.empty_like(base)
-        for i, (b, m) in enumerate(zip(base, out.masks)):
-            idx = np.flatnonzero(m)
-            kind = SERIES_TYPES[rng.integers(len(SERIES_TYPES))]
-            z = inject_series_anomaly(rng, (b - mu) / sd, kind, start=int(idx[0]), length=len(idx))
-            naive[i] = z * sd + mu
-        naive_series = _insert_windows(np.random.default_rng(seed + 1), tail, naive, out.masks, L)
+        naive_series = _insert_windows(np.random.default_rng(seed + 1), tail,
+                                       _naive_windows(rng, base, out.masks, mu, sd), out.masks, L)
         variants = {"none: adiff TimeSeriesDetector (unsupervised)": None,
                     "detector + head: few real labelled runs only": few,
                     "detector + head: naive parametric injection": naive_series,
                     "detector + head: adiff generated": gen_series}
-        for name, anomalies in variants.items():
-            # one network for every row: only the supervised head changes (fit_head)
-            t1 = time.time()
-            d = det.fit_head(train, anomalies)
-            if anomalies is not None:
-                times.setdefault("head_fit", []).append(time.time() - t1)
-            vus, auc = [], []
-            for r in test_runs:
-                sp = tsd.load_skab(root, r)
-                s = d.decision_function(sp.test)
-                vus.append(metrics.vus_pr(sp.labels, s, sliding_window=metrics.vus_window(sp.test)))
-                auc.append(metrics.auroc(sp.labels, s))
+        tests = [(r, lambda r=r: tsd.load_skab(root, r)) for r in test_runs]
+        for name, (vus, auc) in _score_heads(det, train, variants, tests, times).items():
             rows.setdefault(name, {"vus_pr": [], "auroc": []})
             rows[name]["vus_pr"].append(float(np.mean(vus)))
             rows[name]["auroc"].append(float(np.mean(auc)))
@@ -549,6 +623,17 @@ def write_markdown(res, path):
         L += [f"| {k} | {_ms(v['vus_pr'])} | {_ms(v['auroc'])} | "
               f"{' / '.join(f'{x:.3f}' for x in v['vus_pr']['runs'])} |" for k, v in se["rows"].items()]
         L += [""]
+    if "series_asd" in res:
+        sa = res["series_asd"]
+        L += [f"## Series: ASD entities {', '.join(sa['entities'])} (train/test files; no labelled "
+              "anomalies: the generator learns the four parametric types from injected examples)", "",
+              f"Median seconds: {_fmt_times(sa['times_s'])}. Detector: `TimeSeriesDetector({sa['detector']})` "
+              "(experiments/configs/ts_asd.py).", "",
+              "| head trained on | mean VUS-PR over entities | mean AUROC | per entity (VUS-PR) |",
+              "|---|---:|---:|---|"]
+        L += [f"| {k} | {_ms(v['vus_pr'])} | {_ms(v['auroc'])} | "
+              f"{' / '.join(f'{x:.3f}' for x in v['vus_pr']['runs'])} |" for k, v in sa["rows"].items()]
+        L += [""]
     notes = OUT / "generation_notes.md"
     if notes.exists():
         L += [notes.read_text().rstrip(), ""]
@@ -565,8 +650,8 @@ def main(argv):
     cfg = generation_tiny.get_config() if quick else generation_magnetic_tile.get_config()
     parts = list(FLAGS.parts)
     for p in parts:
-        if p not in ("image", "image_head", "table", "series"):
-            raise ValueError(f"--parts takes image, image_head, table, series; got {p!r}")
+        if p not in ("image", "image_head", "table", "series", "series_asd"):
+            raise ValueError(f"--parts takes image, image_head, table, series, series_asd; got {p!r}")
     if FLAGS.tables:
         cfg.table.datasets = tuple(FLAGS.tables)
     if FLAGS.table_seeds:
@@ -622,6 +707,21 @@ def main(argv):
         res["series"] = run_series(cfg, log)
         res["commands"]["series"] = cmd
         flush()
+    if "series_asd" in parts:
+        cfg.series.asd_offset, cfg.series.asd_entities = FLAGS.asd_offset, FLAGS.asd_entities
+        new = run_series_asd(cfg, log)
+        old = res.get("series_asd") if FLAGS.merge else None
+        if old:  # append entities run separately (--asd_offset)
+            for k, d in new["rows"].items():
+                for m, v in d.items():
+                    runs = [x for e, x in zip(old["entities"], old["rows"][k][m]["runs"])
+                            if e not in new["entities"]] + v["runs"]
+                    d[m] = {"mean": float(np.mean(runs)),
+                            "sd": float(np.std(runs, ddof=1)) if len(runs) > 1 else 0.0, "runs": runs}
+            new["entities"] = [e for e in old["entities"] if e not in new["entities"]] + new["entities"]
+        res["series_asd"] = new
+        res["commands"][f"series_asd {FLAGS.asd_offset}+{FLAGS.asd_entities}"] = cmd
+        flush()
     log(f"total {time.time() - t0:.0f}s")
 
 
@@ -633,6 +733,8 @@ if __name__ == "__main__":
     flags.DEFINE_list("tables", [], "ADBench tables (default: the config's).")
     flags.DEFINE_list("table_seeds", [], "Seeds of the table part (default: the config's).")
     flags.DEFINE_list("series_seeds", [], "Seeds of the series part (default: the config's).")
+    flags.DEFINE_integer("asd_offset", 0, "First ASD entity (index) of the series_asd part.")
+    flags.DEFINE_integer("asd_entities", 4, "Number of ASD entities of the series_asd part.")
     flags.DEFINE_bool("merge", False, "Keep the other parts' results from the previous JSON.")
     flags.DEFINE_string("out", str(OUT / "generation.md"), "Results markdown.")
     FLAGS = flags.FLAGS
