@@ -564,7 +564,8 @@ def write_markdown(res, path):
          "Commands (each part can be rerun alone; `--merge` keeps the other parts' results from "
          "docs/results/generation/generation.json):", ""]
     L += [f"- {part}: `{cmd}`" for part, cmd in res.get("commands", {}).items()]
-    L += ["", __doc__.split("\n\n", 1)[1].split("\n\n  flock")[0].strip(), ""]
+    L += ["", "\n\n".join(p.strip() for p in __doc__.split("\n\n")[1:]
+                          if not p.lstrip().startswith("flock")), ""]
     if im:
         L += [f"Image reductions (CPU budget of 15 min): {cfg['size']} px images; generator "
               f"{cfg['generator']['train_steps']} steps, width {cfg['generator']['width']}, "
