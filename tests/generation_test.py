@@ -411,3 +411,22 @@ def test_train_steps_default_depends_on_the_modality():
     assert AnomalyGenerator(modality="series", train_steps=7).train_steps == 7
     with pytest.raises(ValueError, match="train_steps"):
         AnomalyGenerator(modality="table", train_steps=0)
+
+
+@pytest.mark.slow
+def test_generation_benchmark_quick_table_part(tmp_path):
+    # The benchmark script end to end on its tiny config (one small ADBench table, one seed);
+    # --quick writes to a temporary directory, never into docs/results.
+    import pathlib  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    if not (repo.parent / "shared" / "data" / "tabular").is_dir():
+        pytest.skip("needs ../shared/data/tabular")
+    before = sorted((repo / "docs" / "results" / "generation").rglob("*"))
+    out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.generation", "--quick",
+                          "--parts=table"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [l for l in out.stdout.splitlines() if l.startswith("table Stamps seed 0")]
+    assert line and "detector + head: adiff class-conditioned + few real=" in line[0]
+    assert sorted((repo / "docs" / "results" / "generation").rglob("*")) == before
