@@ -13,7 +13,13 @@ partial diffusion, structured noise, masked reconstruction, conditioned denoisin
 a combination fixed in advance), and the steps/throughput comparison (1000-step reverse SDE vs
 10-step DDIM / DPM-Solver++ vs latent diffusion) on a fixed subset of the test images.
 Writes docs/results/image.md (tables, command) and docs/results/image/*.png (maps), and the raw
-numbers to docs/results/image/results.json.
+numbers to docs/results/image/results.json. MNIST rows also go, one per digit, to
+docs/results/image_mnist.json (beside the report); --merge_mnist keeps the digits held there and adds
+the ones run now, so the digits can come from separate runs (e.g. one digit per run, with --reuse_mt):
+
+  flock /tmp/adiff_heavy.lock timeout 840 python -m experiments.benchmarks.image --reuse_mt --digits=4 \
+      --mnist_train_steps=1000 --mnist_test_per_class=200 --merge_mnist \
+      --prefix="flock /tmp/adiff_heavy.lock timeout 840"
 """
 from __future__ import annotations
 
@@ -51,6 +57,9 @@ _SDE_STEPS = None
 _OUT = None
 _SKIP_MNIST = None
 _REUSE_MT = None
+_MERGE_MNIST = None
+_MNIST_JSON = None
+_PREFIX = None
 
 
 def define_flags() -> None:
@@ -58,7 +67,7 @@ def define_flags() -> None:
     can import this module's functions next to the other benchmark modules)."""
     # pylint: disable-next=global-statement
     global _QUICK, _SIZE, _SEEDS, _STEPS, _DIGITS, _MNIST_STEPS, _MNIST_PER_CLASS, _SUBSET, \
-        _SDE_STEPS, _OUT, _SKIP_MNIST, _REUSE_MT
+        _SDE_STEPS, _OUT, _SKIP_MNIST, _REUSE_MT, _MERGE_MNIST, _MNIST_JSON, _PREFIX
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script, minutes).")
     _SIZE = flags.DEFINE_integer("size", 32, "Magnetic tile side in pixels (<= 64 on this CPU).")
     _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the Magnetic-tile split/training.")
@@ -74,6 +83,16 @@ def define_flags() -> None:
     _REUSE_MT = flags.DEFINE_bool(
         "reuse_mt", False, "Take the Magnetic-tile results from the previous run's results.json "
         "(beside the report) and run only MNIST.")
+    _MERGE_MNIST = flags.DEFINE_bool(
+        "merge_mnist", False, "Keep the MNIST digits already held in --mnist_json (a digit run now "
+        "replaces its old row), add the digits run now, and write the MNIST table for every digit held. "
+        "The held digits must have the same settings (seed, steps, test cap, configs). Without it the "
+        "JSON holds only the digits run now. With --skip_mnist: rewrite the report from the JSON.")
+    _MNIST_JSON = flags.DEFINE_string(
+        "mnist_json", "", "Per-digit MNIST results (default: beside --out, <stem>_mnist.json).")
+    _PREFIX = flags.DEFINE_string(
+        "prefix", "flock /tmp/adiff_heavy.lock", "How the run was launched (recorded in the report "
+        "with the command line, e.g. 'flock /tmp/adiff_heavy.lock timeout 840').")
 
 
 def log(*a):
@@ -372,7 +391,9 @@ def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int, denoise=
 # ------------------------------------------------------------------------------------------------
 # MNIST
 # ------------------------------------------------------------------------------------------------
-def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool):
+def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool, on_digit=None):
+    """MNIST one-vs-rest rows for `digits`; `on_digit(digit, row)` is called after each digit."""
+    del quick
     cfg = image_mnist.get_config()
     mnist = image_data.load_mnist(_resolve(cfg.images), _resolve(cfg.labels))
     out = {}
@@ -391,27 +412,85 @@ def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool):
         base = {**dict(cfg.detector), "seed": seed, "train_steps": steps}
         t = time.perf_counter()
         det = ImageDetector(**base).fit(split.train)
+        train_s = time.perf_counter() - t
         res = det.analyze(test.images)
         r = {"adiff": metrics.auroc(test.labels, res.scores)}
         det.set_params(**dict(cfg.denoise))
         r["adiff_denoise"] = metrics.auroc(test.labels, det.decision_function(test.images))
+        adiff_s = time.perf_counter() - t
         err, _ = ae_baseline(split.train, test.images, steps=steps, batch_size=32, lr=2e-3, seed=seed,
                              features=(16, 32))
         r["conv_ae"] = metrics.auroc(test.labels, err.reshape(len(err), -1).mean(axis=1))
         r["pca"] = metrics.auroc(test.labels, pca_baseline(split.train, test.images).reshape(len(test), -1).mean(axis=1))
         r["knn"] = metrics.auroc(test.labels, knn_baseline(split.train, test.images))
         r["n_test"] = int(len(test))
+        r["n_train"] = int(len(split.train))
+        r["seconds"] = time.perf_counter() - t
+        r["adiff_train_seconds"] = train_s
+        r["adiff_seconds"] = adiff_s
+        r["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         out[str(d)] = r
-        log(f"MNIST digit {d} ({time.perf_counter() - t:.0f}s)", r)
+        log(f"MNIST digit {d} ({r['seconds']:.0f}s)", r)
+        if on_digit is not None:
+            on_digit(d, r)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# MNIST results held across runs (one JSON beside the report; see --merge_mnist)
+# ------------------------------------------------------------------------------------------------
+MNIST_KEYS = ("adiff", "adiff_denoise", "conv_ae", "pca", "knn")
+
+
+def mnist_settings(seed: int, steps: int, per_class: int) -> dict:
+    """Everything that must match for MNIST rows of different runs to share a table."""
+    cfg = image_mnist.get_config()
+    return json.loads(json.dumps({
+        "seed": int(seed), "train_steps": int(steps), "test_per_class": int(per_class),
+        "config": "experiments/configs/image_mnist.py",
+        "detector": cfg.detector.to_dict(), "denoise": cfg.denoise.to_dict(),
+        "baselines": {"conv_ae": "features (16, 32), same steps, batch 32, lr 2e-3, image score = map mean",
+                      "pca": "95% variance, image score = map mean", "knn": "k = 5, mean distance"}}))
+
+
+def load_mnist_json(path: pathlib.Path) -> dict:
+    held = json.loads(path.read_text())
+    if not isinstance(held.get("digits"), dict) or "settings" not in held:
+        raise ValueError(f"{path}: not an MNIST results file (needs 'settings' and 'digits')")
+    return held
+
+
+def merge_mnist(held: dict | None, settings: dict, new: dict) -> dict:
+    """The held digits (their settings must equal `settings`) updated with the digits in `new`."""
+    if held is not None and held["settings"] != settings:
+        diff = sorted(k for k in set(held["settings"]) | set(settings)
+                      if held["settings"].get(k) != settings.get(k))
+        raise ValueError(f"--merge_mnist: the held MNIST digits were run with other settings ({diff}); "
+                         "rerun them or use another --mnist_json")
+    digits = dict(held["digits"]) if held is not None else {}
+    digits.update({str(d): r for d, r in new.items()})
+    return dict(sorted(digits.items(), key=lambda kv: int(kv[0])))
+
+
+def save_mnist_json(path: pathlib.Path, settings: dict, digits: dict, machine: str) -> None:
+    doc = {"description": "MNIST one-vs-rest rows of experiments/benchmarks/image.py, one per normal "
+                          "digit (AUROC per method, test/train image counts, seconds, the command of "
+                          "the run that produced it; 'note' where a row did not come from a completed "
+                          "run). Merged across runs with --merge_mnist.",
+           "machine": machine, "settings": settings,
+           "digits": dict(sorted(digits.items(), key=lambda kv: int(kv[0])))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    tmp.replace(path)
 
 
 # ------------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------------
 def _command() -> str:
-    return ("flock /tmp/adiff_heavy.lock python -m experiments.benchmarks.image "
-            + " ".join(sys.argv[1:])).strip()
+    args = [a for a in sys.argv[1:] if not a.startswith(("--prefix=", "-prefix="))]
+    return (f"{_PREFIX.value} python -m experiments.benchmarks.image " + " ".join(args)).strip()
 
 
 def _describe_denoise(den) -> str:
@@ -419,12 +498,52 @@ def _describe_denoise(den) -> str:
             f"draws each, image score = map {den.image_score}")
 
 
+def _timing_line(results: dict) -> str:
+    mt_min = results.get("mt_wall_minutes", results.get("wall_minutes"))
+    parts = [f"Wall time {mt_min:.1f} min (Magnetic-tile run)" if mt_min is not None else ""]
+    secs = [r["seconds"] for r in (results.get("mnist") or {}).values() if r.get("seconds")]
+    if secs:
+        parts.append(f"MNIST {np.mean(secs) / 60:.1f} min per digit ({min(secs) / 60:.1f} - "
+                     f"{max(secs) / 60:.1f}; per digit in image_mnist.json)")
+    return "; ".join(p for p in parts if p) + "."
+
+
+def _sources_line(mn: dict) -> str:
+    """Which run each MNIST row came from (rows with a 'note' say how they were obtained)."""
+    groups: dict = {}
+    for d, r in mn.items():
+        groups.setdefault(r.get("note", ""), []).append(d)
+    out = []
+    for note, ds in groups.items():
+        if note:
+            out.append(f"Digit{'s' if len(ds) > 1 else ''} {', '.join(ds)}: {note}.")
+    if groups.get(""):
+        ds = groups[""]
+        out.append(f"Digit{'s' if len(ds) > 1 else ''} {', '.join(ds)}: "
+                   + ("one run per digit" if len(ds) > 1 else "its own run")
+                   + " (command lines above; rows merged with --merge_mnist).")
+    return " ".join(out).rstrip(".")
+
+
+def _commands(results: dict) -> str:
+    """One line per run: the Magnetic-tile run, then each distinct MNIST run in digit order."""
+    cmds = [results.get("mt_command", "")]
+    mn = results.get("mnist") or {}
+    for _, r in sorted(mn.items(), key=lambda kv: int(kv[0])):
+        c = r.get("command") or results.get("mnist_command", "")
+        if c and c not in cmds:
+            cmds.append(c)
+    if not mn and results.get("mnist_command"):
+        cmds.append(results["mnist_command"])
+    return "\n".join(c for c in cmds if c)
+
+
 def write_report(results: dict, path: pathlib.Path, command: str) -> None:
     seeds = results["seeds"]
     mt = results["magnetic_tile"]
     lines = ["# Image anomaly detection (ImageDetector)", "",
              "Produced by `experiments/benchmarks/image.py` (the Magnetic-tile and MNIST parts may come from separate runs, each line below):", "", "```", command, "```", "",
-             f"Machine: {results['machine']}. Wall time {results['wall_minutes']:.1f} min.", "",
+             f"Machine: {results['machine']}. " + _timing_line(results), "",
              "## Magnetic-tile defects", "",
              f"Data: `../shared/data/image/magnetic_tile` (1,344 images), grayscale, resized to "
              f"{results['size']} x {results['size']} px (bilinear; masks resized then thresholded at 128). "
@@ -470,8 +589,9 @@ def write_report(results: dict, path: pathlib.Path, command: str) -> None:
                   "staged), 28 x 28. For each normal digit, 80% of its images (seed "
                   f"{results['mnist_seed']}) train, the rest of it plus the other digits test"
                   + (f" (capped at {results['mnist_per_class']} images per anomalous digit)" if results['mnist_per_class'] else "")
-                  + f". Digits run: {', '.join(mn)}"
-                  + (" (a subset of the ten: CPU budget)" if len(mn) < 10 else "")
+                  + f". Digits included: {', '.join(mn)}"
+                  + (f" ({len(mn)} of the ten: CPU budget)" if len(mn) < 10 else " (all ten)")
+                  + ". " + _sources_line(mn)
                   + f". adiff: one Gaussian UNet ({results.get('mnist_channels', 16)} channels, 3 levels) per digit, "
                   f"{results['mnist_steps']} steps; reconstruction column: t0 = 0.5, DDIM 10, maps at scales 1 "
                   "and 2, blur 1 px, image score = map mean; denoise column (same network): "
@@ -479,11 +599,11 @@ def write_report(results: dict, path: pathlib.Path, command: str) -> None:
                   "Image scores are the mean map (reconstruction baselines) or the mean kNN distance.", "",
                   "| digit | adiff reconstruction | adiff denoise | conv AE | PCA | KNN | test images |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for d, r in mn.items():
+        for d, r in sorted(mn.items(), key=lambda kv: int(kv[0])):
             lines.append(f"| {d} | {r['adiff']:.3f} | {fmt(r.get('adiff_denoise'))} | {r['conv_ae']:.3f} | "
                          f"{r['pca']:.3f} | {r['knn']:.3f} | {r['n_test']} |")
-        keys = ("adiff", "adiff_denoise", "conv_ae", "pca", "knn")
-        lines.append("| mean | " + " | ".join(
+        keys = MNIST_KEYS
+        lines.append(f"| mean ({len(mn)} digits) | " + " | ".join(
             fmt(np.mean([r[k] for r in mn.values()])) if all(k in r for r in mn.values()) else "–"
             for k in keys) + " | |")
         lines.append("")
@@ -521,29 +641,59 @@ def main(argv):
     if _REUSE_MT.value:
         if not prev:
             raise FileNotFoundError(f"--reuse_mt needs a previous run's {prev_path}")
-        results.update({k: prev[k] for k in ("seeds", "size", "train_steps", "magnetic_tile", "mt_command",
-                                             "mt_wall_minutes") if k in prev})
+        results.update({k: prev[k] for k in ("seeds", "size", "train_steps", "magnetic_tile", "mt_command")
+                        if k in prev})
+        # the Magnetic-tile run's own wall time (older files kept it only as wall_minutes)
+        mt_min = prev.get("mt_wall_minutes", prev.get("wall_minutes"))
+        if mt_min is not None:
+            results["mt_wall_minutes"] = mt_min
         seeds = results["seeds"]
     else:
         for seed in seeds:
             results["magnetic_tile"].append(run_magnetic_tile(seed, cfg, size, steps, quick, fig_dir))
         results["mt_command"] = _command()
-    if _SKIP_MNIST.value and not quick:  # keep the last MNIST table
-        results.update({k: v for k, v in prev.items() if k.startswith("mnist")})
+        results["mt_wall_minutes"] = (time.perf_counter() - t_all) / 60.0
+
+    mnist_steps = 30 if quick else _MNIST_STEPS.value
+    per_class = 50 if quick else _MNIST_PER_CLASS.value
+    mnist_meta = dict(mnist_seed=seeds[0], mnist_steps=mnist_steps, mnist_per_class=per_class,
+                      mnist_channels=int(image_mnist.get_config().detector.base_channels),
+                      mnist_denoise=_describe_denoise(image_mnist.get_config().denoise))
+    mnist_json = (pathlib.Path(_MNIST_JSON.value) if _MNIST_JSON.value
+                  else out_path.with_name(out_path.stem + "_mnist.json"))
+    settings = mnist_settings(seeds[0], mnist_steps, per_class)
+    held = None
+    if _MERGE_MNIST.value and mnist_json.exists():
+        held = load_mnist_json(mnist_json)
+        if not _SKIP_MNIST.value:
+            merge_mnist(held, settings, {})  # fail now (before any training) on mismatched settings
+        log(f"held MNIST digits in {mnist_json}: {', '.join(held['digits'])}")
     if not _SKIP_MNIST.value:
         digits = [int(d) for d in _DIGITS.value][: (1 if quick else None)]
-        results.update(mnist=run_mnist(digits, seeds[0], 30 if quick else _MNIST_STEPS.value,
-                                       50 if quick else _MNIST_PER_CLASS.value, quick),
-                       mnist_seed=seeds[0], mnist_steps=30 if quick else _MNIST_STEPS.value,
-                       mnist_per_class=50 if quick else _MNIST_PER_CLASS.value,
-                       mnist_command=_command(),
-                       mnist_channels=int(image_mnist.get_config().detector.base_channels),
-                       mnist_denoise=_describe_denoise(image_mnist.get_config().denoise))
+        command = _command()
+        done = {}
+
+        def on_digit(d, r):  # persist after every digit: a run cut by its time limit keeps them
+            r["command"] = command
+            done[str(d)] = r
+            save_mnist_json(mnist_json, settings, merge_mnist(held, settings, done), results["machine"])
+            log(f"saved digit {d} to {mnist_json}")
+
+        run_mnist(digits, seeds[0], mnist_steps, per_class, quick, on_digit=on_digit)
+        results.update(mnist=merge_mnist(held, settings, done), mnist_command=command, **mnist_meta)
+    elif _MERGE_MNIST.value:  # report only: the table from the held digits
+        if held is None:
+            raise FileNotFoundError(f"--merge_mnist --skip_mnist needs {mnist_json}")
+        hs = held["settings"]  # the held rows' own settings (this run's MNIST flags play no part)
+        results.update(mnist=merge_mnist(held, hs, {}), **{
+            **mnist_meta, "mnist_seed": hs["seed"], "mnist_steps": hs["train_steps"],
+            "mnist_per_class": hs["test_per_class"],
+            "mnist_channels": int(hs["detector"]["base_channels"]),
+            "mnist_denoise": _describe_denoise(image_mnist.get_config().denoise.__class__(hs["denoise"]))})
+    elif not quick:  # keep the last MNIST table
+        results.update({k: v for k, v in prev.items() if k.startswith("mnist")})
     results["wall_minutes"] = (time.perf_counter() - t_all) / 60.0
-    cmds = [results.get("mt_command", "")]
-    if results.get("mnist_command") and results["mnist_command"] != cmds[0]:
-        cmds.append(results["mnist_command"])
-    write_report(results, out_path, "\n".join(c for c in cmds if c))
+    write_report(results, out_path, _commands(results))
     fig_dir.mkdir(parents=True, exist_ok=True)
     (fig_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
     log(f"wrote {out_path} ({results['wall_minutes']:.1f} min)")
