@@ -95,9 +95,7 @@ class BaseDetector(BaseEstimator):
         """
         self._check_contamination()
         validation.check_size(X, name="X")  # before pandas/astype copies a huge input
-        if anomalies is not None and not self._supports_head():
-            raise ValueError(f"{type(self).__name__} does not take anomalies= (a supervised head); "
-                             f"TabularDetector, TimeSeriesDetector and ImageDetector do")
+        self._check_head_support(anomalies)
         data = self._prepare(X, fitting=True)
         self.head_ = None
         self._fit(data, y)
@@ -110,6 +108,16 @@ class BaseDetector(BaseEstimator):
     # -- semi-supervised head (fit(X, anomalies=...)) ------------------------------------------
     def _supports_head(self) -> bool:
         return type(self)._head_features is not BaseDetector._head_features
+
+    def _check_head_support(self, anomalies) -> None:
+        if anomalies is not None and not self._supports_head():
+            raise ValueError(f"{type(self).__name__} does not take anomalies= (a supervised head); "
+                             f"TabularDetector, TimeSeriesDetector and ImageDetector do")
+
+    def _scores_and_head_features(self, data) -> Tuple[np.ndarray, np.ndarray]:
+        """Unsupervised scores [N] and head features [N, F] of prepared data (override to get
+        both from one scoring pass)."""
+        return np.asarray(self._decision_function(data), np.float64), self._head_features(data)
 
     def _head_features(self, data) -> np.ndarray:
         """[N, F] features of prepared data for the supervised head (subclass hook)."""
@@ -132,8 +140,7 @@ class BaseDetector(BaseEstimator):
           self; `decision_scores_`, `threshold_` and `labels_` are updated.
         """
         self._check_fitted()
-        if anomalies is not None and not self._supports_head():
-            raise ValueError(f"{type(self).__name__} does not take anomalies= (a supervised head)")
+        self._check_head_support(anomalies)
         validation.check_size(X, name="X")
         data = self._prepare(X, fitting=False)
         self.head_ = None
@@ -217,10 +224,9 @@ class BaseDetector(BaseEstimator):
 
     def _score_rows(self, X) -> np.ndarray:
         data = self._prepare(X, fitting=False)
-        scores = np.asarray(self._decision_function(data), np.float64)
         if getattr(self, "head_", None) is not None:
-            scores = self._with_head(scores, self._head_features(data))
-        return scores
+            return self._with_head(*self._scores_and_head_features(data))
+        return np.asarray(self._decision_function(data), np.float64)
 
     def predict(self, X, return_confidence: bool = False):
         """0/1 labels (1 = anomaly) by `threshold_`; optionally PyOD's confidence in each label."""

@@ -640,18 +640,20 @@ class ImageDetector(BaseDetector):
                              maps=np.concatenate(maps), reconstructions=np.concatenate(recons))
 
     def _decision_function(self, X) -> np.ndarray:
-        res = self._analyze(X)
-        if getattr(self, "head_", None) is not None:  # the head's features reuse this pass
-            self._last_analysis = (X, res)
-        return res.scores
+        return self._analyze(X).scores
 
     def _head_features(self, data) -> np.ndarray:
+        return self._map_features(self._analyze(data).maps)
+
+    def _scores_and_head_features(self, data):
+        res = self._analyze(data)  # one pass gives the scores and the maps the head pools
+        return res.scores, self._map_features(res.maps)
+
+    @staticmethod
+    def _map_features(maps: np.ndarray) -> np.ndarray:
         # Image-level head (fit(X, anomalies=images)): pooled statistics of the log anomaly map
         # (mean, std, max, means of the top 1% / 5% / 10% pixels, median, 90th and 99th
         # percentiles). The maps themselves are unchanged: the head re-ranks images only.
-        last = getattr(self, "_last_analysis", None)
-        maps = last[1].maps if last is not None and last[0] is data else self._analyze(data).maps
-        self._last_analysis = None
         flat = np.log(np.maximum(maps.reshape(len(maps), -1).astype(np.float64), 0.0) + 1e-8)
         srt = -np.sort(-flat, axis=1)
         n = flat.shape[1]

@@ -69,6 +69,31 @@ def _check_features(f: Any, name: str, width: int | None = None) -> np.ndarray:
     return f
 
 
+_OPT = optax.adamw(HEAD_LR, weight_decay=HEAD_WEIGHT_DECAY)
+
+
+@jax.jit
+def _train_head(params, zn, za, keys):
+    """len(keys) AdamW steps on class-balanced batches; the data are arguments (not constants
+    baked into the program), so fits with the same shapes reuse one compilation."""
+    labels = jnp.concatenate([jnp.zeros(HEAD_BATCH), jnp.ones(HEAD_BATCH)])
+
+    def loss_fn(p, x):
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(Head().apply(p, x), labels))
+
+    def step(carry, k):
+        p, o = carry
+        kn, ka = jax.random.split(k)
+        x = jnp.concatenate([zn[jax.random.randint(kn, (HEAD_BATCH,), 0, zn.shape[0])],
+                             za[jax.random.randint(ka, (HEAD_BATCH,), 0, za.shape[0])]])
+        g = jax.grad(loss_fn)(p, x)
+        upd, o = _OPT.update(g, o, p)
+        return (optax.apply_updates(p, upd), o), None
+
+    (params, _), _ = jax.lax.scan(step, (params, _OPT.init(params)), keys)
+    return params
+
+
 def fit_head(normal: Any, anomalous: Any, *, seed: int = 0, steps: int = HEAD_STEPS
              ) -> Dict[str, Any]:
     """Trains the head on normal [N, F] vs anomalous [M, F] feature rows.
@@ -90,26 +115,9 @@ def fit_head(normal: Any, anomalous: Any, *, seed: int = 0, steps: int = HEAD_ST
     scale = allx.std(0)
     scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
     zn, za = jnp.asarray((xn - loc) / scale), jnp.asarray((xa - loc) / scale)
-    net = Head()
     key = jax.random.key(int(seed) + 17)
-    params = net.init(key, zn[:1])
-    opt = optax.adamw(HEAD_LR, weight_decay=HEAD_WEIGHT_DECAY)
-    labels = jnp.concatenate([jnp.zeros(HEAD_BATCH), jnp.ones(HEAD_BATCH)])
-
-    def loss_fn(p, x):
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(net.apply(p, x), labels))
-
-    def step(carry, k):
-        p, o = carry
-        kn, ka = jax.random.split(k)
-        x = jnp.concatenate([zn[jax.random.randint(kn, (HEAD_BATCH,), 0, zn.shape[0])],
-                             za[jax.random.randint(ka, (HEAD_BATCH,), 0, za.shape[0])]])
-        loss, g = jax.value_and_grad(loss_fn)(p, x)
-        upd, o = opt.update(g, o, p)
-        return (optax.apply_updates(p, upd), o), loss
-
-    (params, _), _ = jax.jit(lambda p, ks: jax.lax.scan(step, (p, opt.init(p)), ks))(
-        params, jax.random.split(jax.random.fold_in(key, 1), steps))
+    params = Head().init(key, zn[:1])
+    params = _train_head(params, zn, za, jax.random.split(jax.random.fold_in(key, 1), steps))
     return {"params": jax.tree.map(np.asarray, params), "loc": loc.astype(np.float32),
             "scale": scale}
 
@@ -131,8 +139,10 @@ def head_logits(head: Dict[str, Any], features: Any, *, batch: int = 8192) -> np
     for i in range(0, len(z), batch):
         chunk = z[i:i + batch]
         m = len(chunk)
-        if m < batch and len(z) > batch:  # keep one compiled shape for the long inputs
-            chunk = np.concatenate([chunk, np.zeros((batch - m, width), np.float32)])
+        # pad to a power of two (<= batch): series of every length reuse a few compilations
+        size = min(batch, 1 << max(0, (m - 1).bit_length()))
+        if m < size:
+            chunk = np.concatenate([chunk, np.zeros((size - m, width), np.float32)])
         out[i:i + m] = np.asarray(_logits(params, jnp.asarray(chunk)), np.float64)[:m]
     return out
 

@@ -709,9 +709,18 @@ class TimeSeriesDetector(BaseDetector):
         return self._step_scores(self._input_source(X), self.scoring)
 
     def _head_features(self, data) -> np.ndarray:
+        (emap, has), = self._stream(self._array_source(data), self.scoring, ["map"])
+        return self._map_features(emap, has, data)
+
+    def _scores_and_head_features(self, data):
+        # one streaming pass: the step scores and the per-channel map the features come from
+        steps, (emap, has) = self._stream(self._array_source(data), self.scoring,
+                                          [self._reduction(self.scoring), "map"])
+        return self._fill_missing(steps), self._map_features(emap, has, data)
+
+    def _map_features(self, emap: np.ndarray, has: np.ndarray, data) -> np.ndarray:
         # Per step: each channel's (calibrated) error of the fitted paradigm and its normalised
         # value, compressed by sign(f) log(1 + |f|) so that far-off test runs stay in range.
-        (emap, has), = self._stream(self._array_source(data), self.scoring, ["map"])
         loc, scale, _ = self._reduction(self.scoring)
         z = np.where(has, (emap - loc) / scale, 0.0)
         vals = np.where(data["observed"], np.nan_to_num(data["values"]), 0.0)

@@ -370,11 +370,17 @@ def run_table(cfg, log, dataset):
         rows["share of generated rows beyond 10 sd (no clip)"].append(far(g))
         rows[f"share of generated rows beyond 10 sd (clip_x0={t.clip_x0:g})"].append(far(gc))
         log(f"table {dataset} seed {seed}: " + ", ".join(f"{k}={v[-1]:.3f}" for k, v in rows.items()))
-    return {"rows": {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                         "runs": v} for k, v in rows.items()},
+    return {"rows": {k: _summ(v) for k, v in rows.items()},
             "times_s": {k: float(np.median(v)) for k, v in times.items() if v},
             "counts": {"n": int(len(X)), "d": int(X.shape[1]), "anomalies": int(y.sum()),
                        "train": int(n_tr), "labelled": int(t.num_labelled)}}
+
+
+def _summ(v):
+    """{"mean", "sd" (ddof=1; 0 for one value), "runs"} of a list of per-seed/per-series figures."""
+    v = [float(x) for x in v]
+    return {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "runs": v}
 
 
 def _insert_windows(rng, tail, windows, masks, length):
@@ -473,9 +479,7 @@ def run_series_asd(cfg, log):
             per[name]["vus_pr"].append(float(vus[0]))
             per[name]["auroc"].append(float(auc[0]))
             log(f"asd {ent} {name}: VUS-PR {vus[0]:.3f}, AUROC {auc[0]:.3f}")
-    summ = lambda v: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                      "runs": v}
-    return {"rows": {k: {m: summ(v) for m, v in d.items()} for k, d in per.items()},
+    return {"rows": {k: {m: _summ(v) for m, v in d.items()} for k, d in per.items()},
             "entities": entities, "times_s": {k: float(np.median(v)) for k, v in times.items()},
             "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in det_kw.items()}}
 
@@ -540,9 +544,7 @@ def run_series(cfg, log):
             rows[name]["vus_pr"].append(float(np.mean(vus)))
             rows[name]["auroc"].append(float(np.mean(auc)))
             log(f"series seed {seed} {name}: VUS-PR {np.mean(vus):.3f}, AUROC {np.mean(auc):.3f}")
-    summ = lambda v: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                      "runs": v}
-    return {"rows": {k: {m: summ(v) for m, v in d.items()} for k, d in rows.items()},
+    return {"rows": {k: {m: _summ(v) for m, v in d.items()} for k, d in rows.items()},
             "times_s": {k: float(np.median(v)) for k, v in times.items()},
             "counts": {"train_steps": int(len(train)), "labelled_runs": labelled,
                        "test_runs": len(test_runs), "generator_anomaly_windows": len(an_w),
@@ -690,24 +692,17 @@ def main(argv):
         if not quick:
             write_markdown(res, out_md)
 
-    if "image" in parts:
-        res["image"] = run_image(cfg, log)
-        res["commands"]["image"] = cmd
-        flush()
-    if "image_head" in parts:
-        res["image_head"] = run_image_head(cfg, log)
-        res["commands"]["image_head"] = cmd
-        flush()
+    for part, run in (("image", run_image), ("image_head", run_image_head), ("series", run_series)):
+        if part in parts:
+            res[part] = run(cfg, log)
+            res["commands"][part] = cmd
+            flush()
     if "table" in parts:
         res.setdefault("tables", {})
         for ds in cfg.table.datasets:
             res["tables"][ds] = run_table(cfg, log, ds)
             res["commands"][f"table {ds}"] = cmd
             flush()
-    if "series" in parts:
-        res["series"] = run_series(cfg, log)
-        res["commands"]["series"] = cmd
-        flush()
     if "series_asd" in parts:
         cfg.series.asd_offset, cfg.series.asd_entities = FLAGS.asd_offset, FLAGS.asd_entities
         new = run_series_asd(cfg, log)
@@ -715,10 +710,8 @@ def main(argv):
         if old:  # append entities run separately (--asd_offset)
             for k, d in new["rows"].items():
                 for m, v in d.items():
-                    runs = [x for e, x in zip(old["entities"], old["rows"][k][m]["runs"])
-                            if e not in new["entities"]] + v["runs"]
-                    d[m] = {"mean": float(np.mean(runs)),
-                            "sd": float(np.std(runs, ddof=1)) if len(runs) > 1 else 0.0, "runs": runs}
+                    d[m] = _summ([x for e, x in zip(old["entities"], old["rows"][k][m]["runs"])
+                                  if e not in new["entities"]] + v["runs"])
             new["entities"] = [e for e in old["entities"] if e not in new["entities"]] + new["entities"]
         res["series_asd"] = new
         res["commands"][f"series_asd {FLAGS.asd_offset}+{FLAGS.asd_entities}"] = cmd
