@@ -270,3 +270,152 @@ def test_asd_matches_loader(shared_data, tmp_path):
     # a stored series feeds the window pipeline unchanged
     ds = timeseries.window_dataset(src["test"][0]["values"], length=16, stride=16)
     np.testing.assert_array_equal(ds[1]["x"], timeseries.load_asd(root, entities[0]).test[16:32])
+
+
+# ------------------------------------------------------------------------------------------------
+# NAB (real data), SMD, SMAP/MSL, UCR (fake trees in the public layouts)
+# ------------------------------------------------------------------------------------------------
+def _assert_series(src, names, loads):
+    """Record i of train/test is loader item i: name, values, labels (train labels all 0)."""
+    assert len(src["train"]) == len(src["test"]) == len(names)
+    for i, (name, ref) in enumerate(zip(names, loads)):
+        tr, te = src["train"][i], src["test"][i]
+        assert _text(tr["series"]) == _text(te["series"]) == name
+        assert tr["values"].dtype == np.float32 and tr["labels"].dtype == np.int64
+        np.testing.assert_array_equal(tr["values"], ref.train)
+        np.testing.assert_array_equal(te["values"], ref.test)
+        np.testing.assert_array_equal(te["labels"], ref.labels)
+        np.testing.assert_array_equal(tr["labels"], np.zeros(len(ref.train), np.int64))
+
+
+@pytest.mark.data
+def test_nab_matches_loader(shared_data, tmp_path):
+    root = shared_data / "timeseries" / "nab"
+    _build(tb.Nab, None, tmp_path / "tfds", root)
+    src = tfds.data_source("nab", data_dir=str(tmp_path / "tfds"))
+    names = timeseries.nab_series(root)
+    assert len(names) == 58  # every series, with or without label windows
+    _assert_series(src, names, [timeseries.load_nab(root, n) for n in names])
+    i = names.index("realKnownCause/nyc_taxi.csv")
+    n = len(src["train"][i]["values"]) + len(src["test"][i]["values"])
+    assert len(src["train"][i]["values"]) == timeseries.nab_train_size(n) == 750
+    assert src["test"][i]["labels"].sum() > 0
+    j = names.index("artificialNoAnomaly/art_flatline.csv")
+    assert src["test"][j]["labels"].sum() == 0
+
+
+def _fake_smd(root: pathlib.Path) -> pathlib.Path:
+    rng = np.random.default_rng(2)
+    for machine, (n_train, n_test) in (("machine-1-2", (12, 9)), ("machine-1-10", (7, 11))):
+        for sub, n in (("train", n_train), ("test", n_test)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            np.savetxt(root / sub / f"{machine}.txt", rng.random((n, 38)), delimiter=",", fmt="%.6f")
+        lab = np.zeros(n_test, int)
+        lab[3:6] = 1
+        (root / "test_label").mkdir(exist_ok=True)
+        np.savetxt(root / "test_label" / f"{machine}.txt", lab, fmt="%d")
+    return root
+
+
+def test_smd_matches_loader(tmp_path):
+    root = _fake_smd(tmp_path / "smd")
+    src = _build(tb.Smd, None, tmp_path / "tfds", root).as_data_source()
+    names = timeseries.smd_machines(root)
+    assert names == ["machine-1-2", "machine-1-10"]
+    _assert_series(src, names, [timeseries.load_smd(root, m) for m in names])
+    assert src["test"][1]["values"].shape == (11, 38) and src["test"][1]["labels"].sum() == 3
+
+
+def _fake_smap_msl(root: pathlib.Path, msl_width: int = 55) -> pathlib.Path:
+    import pandas as pd
+    rng = np.random.default_rng(3)
+    rows = []
+    for chan, craft, width, n_train, n_test, spans in (
+            ("P-1", "SMAP", 25, 10, 8, "[[2, 3]]"), ("M-1", "MSL", msl_width, 6, 9, "[[0, 1], [7, 8]]"),
+            ("E-2", "SMAP", 25, 5, 7, "[[6, 6]]")):
+        for sub, n in (("train", n_train), ("test", n_test)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            arr = np.zeros((n, width))
+            arr[:, 0] = rng.normal(size=n)
+            arr[np.arange(n), rng.integers(1, width, n)] = 1.0  # one-hot command columns
+            np.save(root / sub / f"{chan}.npy", arr)
+        rows.append({"chan_id": chan, "spacecraft": craft, "anomaly_sequences": spans,
+                     "class": "[point]", "num_values": n_test})
+    pd.DataFrame(rows).to_csv(root / "labeled_anomalies.csv", index=False)
+    return root
+
+
+def test_smap_msl_matches_loader(tmp_path):
+    root = _fake_smap_msl(tmp_path / "telemanom")
+    for config, craft, width in (("smap", "SMAP", 25), ("msl", "MSL", 55)):
+        _build(tb.SmapMsl, config, tmp_path / "tfds", root)
+        src = tfds.data_source(f"smap_msl/{config}", data_dir=str(tmp_path / "tfds"))
+        names = timeseries.smap_msl_channels(root, craft)
+        assert names == (["P-1", "E-2"] if craft == "SMAP" else ["M-1"])
+        _assert_series(src, names, [timeseries.load_smap_msl(root, c) for c in names])
+        assert src["test"][0]["values"].shape[1] == width
+    np.testing.assert_array_equal(np.flatnonzero(src["test"][0]["labels"]), [0, 1, 7, 8])
+
+
+def test_smap_msl_channel_width(tmp_path):
+    root = _fake_smap_msl(tmp_path / "telemanom", msl_width=7)
+    with pytest.raises(ValueError, match="'M-1' has 7 channels"):
+        _build(tb.SmapMsl, "msl", tmp_path / "tfds", root)
+    # a custom config with channels=None stores any width
+    cfg = tb.SmapMslConfig(name="msl_any", spacecraft="MSL", channels=None)
+    src = _build(tb.SmapMsl, cfg, tmp_path / "tfds2", root).as_data_source()
+    _assert_series(src, ["M-1"], [timeseries.load_smap_msl(root, "M-1")])
+    assert "tensorflow" not in sys.modules  # zlib-encoded values decode without TensorFlow
+    with pytest.raises(ValueError, match="spacecraft"):
+        tb.SmapMslConfig(name="x", spacecraft="Mars")
+
+
+def _fake_ucr(root: pathlib.Path) -> pathlib.Path:
+    rng = np.random.default_rng(4)
+    folder = root / "AnomalyDatasets_2021" / "UCR_TimeSeriesAnomalyDatasets2021" / "FilesAreInHere" / \
+        "UCR_Anomaly_FullData"
+    folder.mkdir(parents=True)
+    (folder / "010_UCR_Anomaly_toyB_12_15_17.txt").write_text(
+        "\n".join(f"{v:.5f}" for v in rng.normal(size=20)) + "\n")
+    (folder / "002_UCR_Anomaly_toyA_8_9_9.txt").write_text(  # one line, space-separated
+        "  ".join(f"{v:.5f}" for v in rng.normal(size=14)))
+    (root / "readme.txt").write_text("not a series")
+    return root
+
+
+def test_ucr_matches_loader(tmp_path):
+    root = _fake_ucr(tmp_path / "ucr")
+    src = _build(tb.Ucr, None, tmp_path / "tfds", root).as_data_source()
+    files = sorted(root.rglob("*_UCR_Anomaly_*.txt"))  # ids are zero-padded: name order = id order
+    names = [f.name[:-4] for f in files]
+    assert names == ["002_UCR_Anomaly_toyA_8_9_9", "010_UCR_Anomaly_toyB_12_15_17"]
+    _assert_series(src, names, [timeseries.load_ucr(f) for f in files])
+    assert len(src["train"][1]["values"]) == 12 and len(src["test"][1]["values"]) == 8
+    # positions 15..17 of the file (1-based) = test rows 2..4
+    np.testing.assert_array_equal(np.flatnonzero(src["test"][1]["labels"]), [2, 3, 4])
+    np.testing.assert_array_equal(np.flatnonzero(src["test"][0]["labels"]), [0])
+
+
+@pytest.mark.parametrize("cls,config,match", [
+    (tb.Nab, None, "combined_windows.json"),
+    (tb.Smd, None, "test_label"),
+    (tb.SmapMsl, "smap", "labeled_anomalies.csv"),
+    (tb.Ucr, None, "UCR_Anomaly"),
+])
+def test_timeseries_builders_reject_wrong_layout(tmp_path, cls, config, match):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "notes.txt").write_text("nothing of the expected layout")
+    with pytest.raises(ValueError, match=match):
+        _build(cls, config, tmp_path / "tfds", manual)
+    with pytest.raises(ValueError, match="empty"):  # TFDS's own check, raised as ValueError
+        _build(cls, config, tmp_path / "tfds", tmp_path / "missing")
+
+
+def test_smap_msl_rejects_missing_spacecraft(tmp_path):
+    root = _fake_smap_msl(tmp_path / "telemanom")
+    import pandas as pd
+    table = pd.read_csv(root / "labeled_anomalies.csv")
+    table[table["spacecraft"] == "SMAP"].to_csv(root / "labeled_anomalies.csv", index=False)
+    with pytest.raises(ValueError, match="no MSL channel"):
+        _build(tb.SmapMsl, "msl", tmp_path / "tfds", root)

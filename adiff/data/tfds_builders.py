@@ -25,6 +25,11 @@ Builders (dataset name / configs / splits):
   full arrays: {"series": str, "values": [T, C] float32, "labels": [T] int64}; training series
   carry no labels and have all-zero "labels". Windows are cut on access with
   `adiff.data.timeseries.window_dataset`, not stored.
+- `nab` / "train" (probationary part, unlabelled) and "test" (the rest) of all 58 series;
+  `smd` / "train", "test" (28 machines, 38 metrics); `smap_msl` / configs "smap" (25 columns)
+  and "msl" (55) / "train", "test" (one example per channel id); `ucr_anomaly` / "train" (the
+  first train_end points) and "test" (the rest) of every archive file. Same features and
+  conventions as `skab` / `asd`; each split as the matching `load_*` of adiff.data.timeseries.
 
 Custom configs (other categories in the MVTec layout, other image sizes, a subset of the
 Magnetic-tile classes) are passed as instances: `MVTecAD(config=ImageConfig(name="candle_256",
@@ -52,8 +57,9 @@ _list_images = image_lib._list_images  # pylint: disable=protected-access
 
 __all__ = [
     "ADBENCH_CLASSICAL", "MVTEC_CATEGORIES", "VISA_CATEGORIES",
-    "AdbenchConfig", "ImageConfig",
+    "AdbenchConfig", "ImageConfig", "SmapMslConfig",
     "AdbenchClassical", "MVTecAD", "VisA", "MagneticTile", "Skab", "Asd",
+    "Nab", "Smd", "SmapMsl", "Ucr",
     "source_arrays", "adbench_arrays", "image_set_from_source",
 ]
 
@@ -80,7 +86,10 @@ VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macar
 
 
 def _manual_dir(dl_manager, builder: str) -> pathlib.Path:
-    path = pathlib.Path(os.fspath(dl_manager.manual_dir))
+    try:
+        path = pathlib.Path(os.fspath(dl_manager.manual_dir))
+    except AssertionError as e:  # TFDS: manual_dir missing, empty or not set
+        raise ValueError(f"{builder}: {e}") from None
     if not path.is_dir():
         raise ValueError(f"{builder}: download_config.manual_dir must be an existing directory, "
                          f"got {str(path)!r}")
@@ -379,10 +388,13 @@ class MagneticTile(_ImageBuilder):
 # ------------------------------------------------------------------------------------------------
 # time series
 # ------------------------------------------------------------------------------------------------
-def _series_features(channels: int) -> tfds.features.FeaturesDict:
+def _series_features(channels: Optional[int]) -> tfds.features.FeaturesDict:
+    # channels=None: a variable trailing dimension, which TFDS stores zlib-compressed.
+    values = (tfds.features.Tensor(shape=(None, channels), dtype=np.float32) if channels is not None
+              else tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"))
     return tfds.features.FeaturesDict({
         "series": tfds.features.Text(),
-        "values": tfds.features.Tensor(shape=(None, channels), dtype=np.float32),
+        "values": values,
         "labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
     })
 
@@ -461,6 +473,220 @@ class Asd(tfds.core.GeneratorBasedBuilder):
                 yield key, _series_example(entity, data.train, None)
             else:
                 yield key, _series_example(entity, data.test, data.labels)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_channels(builder: str, name: str, values: np.ndarray, channels: Optional[int]) -> None:
+    if channels is not None and values.shape[1] != channels:
+        raise ValueError(f"{builder}: series {name!r} has {values.shape[1]} channels; expected "
+                         f"{channels}")
+
+
+class Nab(tfds.core.GeneratorBasedBuilder):
+    """NAB: every series of combined_windows.json; "train" = probationary part, "test" = the rest."""
+
+    name = "nab"
+    VERSION = _VERSION
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Clone https://github.com/numenta/NAB; manual_dir is the clone (the folder holding
+    data/<category>/<series>.csv, header timestamp,value, and labels/combined_windows.json).
+    """
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=("Numenta Anomaly Benchmark: one example per series (all 58, including the "
+                         "series without label windows), in sorted key order, split as "
+                         "adiff.data.timeseries.load_nab: the probationary period "
+                         "(min(floor(0.15 n), 750) points) trains, unlabelled; the rest is the test "
+                         "part, labelled 1 inside the combined_windows.json windows."),
+            features=_series_features(1), disable_shuffling=True,
+            homepage="https://github.com/numenta/NAB")
+
+    def _split_generators(self, dl_manager):
+        root = _manual_dir(dl_manager, "nab")
+        labels = root / "labels" / "combined_windows.json"
+        _require(labels.is_file() and (root / "data").is_dir(),
+                 f"nab: expected NAB's data/ folder and {str(labels)!r} (NAB layout) in manual_dir")
+        series = timeseries.nab_series(root)
+        _require(bool(series), f"nab: {str(labels)!r} names no series")
+        return {s: self._generate_examples(root, series, s) for s in ("train", "test")}
+
+    def _generate_examples(self, root, series: Sequence[str], split: str):
+        for key, name in enumerate(series):
+            data = timeseries.load_nab(root, name)
+            if split == "train":
+                yield key, _series_example(name, data.train, None)
+            else:
+                yield key, _series_example(name, data.test, data.labels)
+
+
+class Smd(tfds.core.GeneratorBasedBuilder):
+    """SMD (ServerMachineDataset): "train" and "test" hold the 28 machines in the same order."""
+
+    name = "smd"
+    VERSION = _VERSION
+    CHANNELS = 38
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Clone https://github.com/NetManAIOps/OmniAnomaly; manual_dir is its ServerMachineDataset/
+    folder, holding train/, test/ and test_label/ with one <machine>.txt per machine
+    (machine-1-1.txt, ...; comma-separated, one time step per line, 38 metrics).
+    """
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=("Server Machine Dataset (Su et al., KDD 2019): one example per machine with "
+                         "the full arrays, in numeric machine order; training series are "
+                         "unlabelled (labels all 0), test labels from test_label/."),
+            features=_series_features(self.CHANNELS), disable_shuffling=True,
+            homepage="https://github.com/NetManAIOps/OmniAnomaly")
+
+    def _split_generators(self, dl_manager):
+        root = _manual_dir(dl_manager, "smd")
+        missing = [s for s in ("train", "test", "test_label") if not (root / s).is_dir()]
+        _require(not missing, f"smd: expected the folders train/, test/, test_label/ (SMD layout) "
+                              f"in {str(root)!r}; missing {missing}")
+        machines = timeseries.smd_machines(root)
+        _require(bool(machines), f"smd: no train/<machine>.txt under {str(root)!r}")
+        return {s: self._generate_examples(root, machines, s) for s in ("train", "test")}
+
+    def _generate_examples(self, root, machines: Sequence[str], split: str):
+        for key, machine in enumerate(machines):
+            data = timeseries.load_smd(root, machine)
+            _check_channels("smd", machine, data.train, self.CHANNELS)
+            if split == "train":
+                yield key, _series_example(machine, data.train, None)
+            else:
+                yield key, _series_example(machine, data.test, data.labels)
+
+
+@dataclasses.dataclass(eq=False)
+class SmapMslConfig(tfds.core.BuilderConfig):
+    """One spacecraft of the telemanom data.
+
+    Attributes:
+      spacecraft: "SMAP" or "MSL" (the `spacecraft` column of labeled_anomalies.csv).
+      channels: columns per channel array (SMAP 25, MSL 55), or None for a variable trailing
+        dimension (a copy whose arrays differ in width).
+    """
+
+    spacecraft: str = "SMAP"
+    channels: Optional[int] = 25
+
+    def __post_init__(self):
+        if self.spacecraft not in ("SMAP", "MSL"):
+            raise ValueError(f"spacecraft must be 'SMAP' or 'MSL', got {self.spacecraft!r}")
+        if self.channels is not None and (not isinstance(self.channels, int) or self.channels < 1):
+            raise ValueError(f"channels must be a positive int or None, got {self.channels!r}")
+
+
+class SmapMsl(tfds.core.GeneratorBasedBuilder):
+    """SMAP / MSL (telemanom): one example per channel id, configs "smap" (25 columns) and "msl" (55)."""
+
+    name = "smap_msl"
+    VERSION = _VERSION
+    BUILDER_CONFIGS = [
+        SmapMslConfig(name="smap", spacecraft="SMAP", channels=25,
+                      description="SMAP channels of labeled_anomalies.csv, 25 columns each"),
+        SmapMslConfig(name="msl", spacecraft="MSL", channels=55,
+                      description="MSL channels of labeled_anomalies.csv, 55 columns each"),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Get the telemanom data (https://github.com/khundman/telemanom: data.zip from
+    https://s3-us-west-2.amazonaws.com/telemanom/data.zip, and labeled_anomalies.csv from the
+    repository); manual_dir holds labeled_anomalies.csv, train/<chan_id>.npy and test/<chan_id>.npy.
+    """
+
+    def _info(self):
+        cfg = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(f"{cfg.spacecraft} telemetry (Hundman et al., KDD 2018): one example per "
+                         "channel id in labeled_anomalies.csv order with the full arrays (column 0 "
+                         "the telemetry value, the others one-hot commands); training series are "
+                         "unlabelled (labels all 0), test labels from anomaly_sequences."),
+            features=_series_features(cfg.channels), disable_shuffling=True,
+            homepage="https://github.com/khundman/telemanom")
+
+    def _split_generators(self, dl_manager):
+        cfg = self.builder_config
+        root = _manual_dir(dl_manager, "smap_msl")
+        csv = root / "labeled_anomalies.csv"
+        _require(csv.is_file(), f"smap_msl/{cfg.name}: expected {str(csv)!r} (telemanom layout, with "
+                                "train/<chan_id>.npy and test/<chan_id>.npy)")
+        channels = timeseries.smap_msl_channels(root, cfg.spacecraft)
+        _require(bool(channels), f"smap_msl/{cfg.name}: {str(csv)!r} lists no {cfg.spacecraft} channel")
+        return {s: self._generate_examples(root, channels, s) for s in ("train", "test")}
+
+    def _generate_examples(self, root, channels: Sequence[str], split: str):
+        cfg = self.builder_config
+        for key, channel in enumerate(channels):
+            data = timeseries.load_smap_msl(root, channel)
+            _check_channels(f"smap_msl/{cfg.name}", channel, data.train, cfg.channels)
+            _check_channels(f"smap_msl/{cfg.name}", channel, data.test, cfg.channels)
+            if split == "train":
+                yield key, _series_example(channel, data.train, None)
+            else:
+                yield key, _series_example(channel, data.test, data.labels)
+
+
+def _ucr_files(root) -> list:
+    """The UCR anomaly archive files under root (any depth), ordered by id then name.
+
+    Raises ValueError when two files share a name (two copies of the archive under root).
+    """
+    files = sorted(pathlib.Path(root).rglob("*_UCR_Anomaly_*.txt"),
+                   key=lambda p: (int(timeseries.parse_ucr_name(p)["id"]), p.name))
+    names = [p.name for p in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"UCR files found twice under {str(root)!r}: {dup[:3]}")
+    return files
+
+
+class Ucr(tfds.core.GeneratorBasedBuilder):
+    """UCR anomaly archive (KDD Cup 2021): one example per file, split at its train_end."""
+
+    name = "ucr_anomaly"
+    VERSION = _VERSION
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download the UCR Time Series Anomaly Archive (UCR_TimeSeriesAnomalyDatasets2021.zip, from
+    https://www.cs.ucr.edu/~eamonn/time_series_data_2018/) and extract it; manual_dir is any folder
+    above the files <id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt (in the archive:
+    AnomalyDatasets_2021/UCR_TimeSeriesAnomalyDatasets2021/FilesAreInHere/UCR_Anomaly_FullData/).
+    """
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=("UCR anomaly archive (Wu & Keogh, 2021): one univariate series per file, "
+                         "in id order; as adiff.data.timeseries.load_ucr, the first train_end points "
+                         "train (unlabelled), the rest is the test part, labelled 1 on positions "
+                         "begin..end (1-based, inclusive, of the whole file). 'series' is the file "
+                         "name without .txt."),
+            features=_series_features(1), disable_shuffling=True,
+            homepage="https://www.cs.ucr.edu/~eamonn/time_series_data_2018/")
+
+    def _split_generators(self, dl_manager):
+        root = _manual_dir(dl_manager, "ucr_anomaly")
+        files = _ucr_files(root)
+        _require(bool(files), f"ucr_anomaly: no <id>_UCR_Anomaly_<name>_<train_end>_<begin>_<end>.txt "
+                              f"file under {str(root)!r}")
+        return {s: self._generate_examples(files, s) for s in ("train", "test")}
+
+    def _generate_examples(self, files: Sequence[pathlib.Path], split: str):
+        for key, path in enumerate(files):
+            data = timeseries.load_ucr(path)
+            name = path.name[:-len(".txt")]
+            if split == "train":
+                yield key, _series_example(name, data.train, None)
+            else:
+                yield key, _series_example(name, data.test, data.labels)
 
 
 # ------------------------------------------------------------------------------------------------
