@@ -249,3 +249,42 @@ def test_benchmark_window_scorers_centre_assignment_and_dte_np():
     s = bench.dte_np_scores(w_train, w_test, info=info)
     assert info["grid"] == "vpsde" and info["train_median"] > 0.8
     assert np.unique(s).size == 50
+
+
+def test_dte_np_scoring_no_network(tmp_path, monkeypatch):
+    """scoring="dte_np": the benchmark's window scorer as a detector (same windows and scores),
+    streamed in chunks, masks for missing values, persisted, and refusing the network's APIs."""
+    from experiments.benchmarks import timeseries as bench
+    train, test = _sine(700, 5, channels=2), _sine(300, 6, channels=2)
+    y = np.zeros(300, int)
+    test[100:103, 0] += 3.0
+    y[100:103] = 1
+    det = TimeSeriesDetector(scoring="dte_np", window=16, dte_max_windows=200).fit(train)
+    assert det.params_ is None and det.dte_grid_ == "dte"
+    assert 150 <= det.dte_windows_.shape[0] <= 200 and det.dte_windows_.shape[1] == 32
+    s = det.decision_function(test)
+    assert s.shape == (300,) and np.isfinite(s).all() and metrics.auroc(y, s) > 0.95
+    # identical to the benchmark's adiff-dte_np row on the detector's own preprocessing
+    z_train, _ = det.transform(train)
+    z_test, _ = det.transform(test)
+    ref = bench.baseline_scores("DTE-NP", z_train, z_test, 16, seed=0, max_windows=200)
+    np.testing.assert_allclose(s, ref, rtol=1e-5)
+    # streaming: small chunks (last one padded) give the same scores
+    monkeypatch.setattr(TimeSeriesDetector, "_DTE_CHUNK", 37)
+    np.testing.assert_allclose(det.decision_function(test), s, rtol=1e-4)  # float32 distance blocks
+    monkeypatch.undo()
+    # training scores leave each window's nearest neighbour out (not all ~0)
+    assert det.decision_scores_.shape == (700,) and np.median(det.decision_scores_) > 0
+    # missing values enter as masks: finite scores, the spike still on top
+    gappy = test.copy()
+    gappy[200:220, 1] = np.nan
+    g = det.decision_function(gappy)
+    assert np.isfinite(g).all() and metrics.auroc(y, g) > 0.95
+    det.save(tmp_path / "dte")
+    back = detectors.load(tmp_path / "dte")
+    assert back.dte_grid_ == det.dte_grid_
+    np.testing.assert_allclose(back.decision_function(test), s, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs a network"):
+        det.paradigm_scores(test, "denoising")
+    with pytest.raises(ValueError, match="anomalies="):
+        TimeSeriesDetector(scoring="dte_np", window=16).fit(train, anomalies=(test, y))

@@ -21,6 +21,19 @@ convolutions, channel mixing and self-attention over time) conditioned on
   the network predicts x0 in its unconditional mode in one evaluation per level, and the squared
   x0 error per entry, averaged over the levels, is the anomaly map. No solver; `len(denoise_t)`
   network evaluations per window.
+- "dte_np" (non-parametric diffusion-time estimation, DTE-NP, Livernoche et al., ICLR 2024; no
+  network): each window, flattened, is read as a noisy copy of one of the training windows and
+  scored by the posterior mean of its diffusion time given the mean squared distance to its
+  `dte_k` nearest training windows (`adiff.scoring.dte_nonparametric`). Training windows are
+  kept (at most `dte_max_windows`, the stride raised to fit); scoring windows start at every
+  step and a window's score goes to its centre step (the first and last steps take the nearest
+  centre's score). A label-free rule picks the time grid at fit (`dte_window_grid`): DTE's
+  discrete grid, unless the training windows' own leave-one-out scores already crowd its last
+  `DTE_SATURATION` (high-dimensional windows: test windows would then all sit on its last step,
+  a constant score), then the VP SDE's unbounded time grid. Missing values enter the distance
+  as masks ("expected" distance of dte_nonparametric). It is a monotone transform of a k-NN
+  distance on the windows, the strongest family of window baselines here
+  (docs/results/timeseries.md).
 
 The network is trained once, by denoising score matching on windows of the training series, on
 the hidden entries of a training mask drawn per window: all entries (unconditional, the mode
@@ -64,12 +77,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from adiff import losses, parameterization, scoring as scoring_lib, sde as sde_lib, validation
-from adiff.data.timeseries import window_dataset
+from adiff.data.timeseries import window_dataset, window_starts
 from adiff.detectors.base import BaseDetector
 from adiff.nets.temporal import TemporalNet
 from adiff.training import trainer
 
-SCORINGS = ("reconstruction", "imputation", "denoising")
+SCORINGS = ("reconstruction", "imputation", "denoising")  # paradigms of the network
+NONPARAMETRIC = ("dte_np",)  # window scorers without a network
+# DTE-NP's grid rule (fixed before any test figure was seen, docs/results/timeseries.md): when the
+# median leave-one-out score of the training windows lies in the last DTE_SATURATION of DTE's
+# discrete grid of DTE_NUM_STEPS steps, score on the VP SDE's time grid instead.
+DTE_SATURATION = 0.2
+DTE_NUM_STEPS = 300
 COMBINES = ("mean", "centre")
 CHANNEL_NORMS = ("auto", "holdout", "none")
 CHANNEL_COMBINES = ("mean", "max")
@@ -81,7 +100,8 @@ _CHUNK_ROWS = 1 << 16
 # source(lo, hi) -> (values, observed), both [hi - lo, C] float32: steps lo..hi-1 preprocessed.
 Source = Callable[[int, int], Tuple[np.ndarray, np.ndarray]]
 
-__all__ = ["TimeSeriesDetector", "SCORINGS", "COMBINES", "CHANNEL_NORMS", "CHANNEL_COMBINES"]
+__all__ = ["TimeSeriesDetector", "SCORINGS", "NONPARAMETRIC", "COMBINES", "CHANNEL_NORMS",
+           "CHANNEL_COMBINES", "dte_window_grid"]
 
 # An output of `TimeSeriesDetector._stream`: "map" (the per-entry map [T, C]) or per-step scores [T]
 # from (channel loc [C], channel scale [C], "mean" | "max").
@@ -124,6 +144,21 @@ def _grid_mask(length: int, channels: int, num_masks: int, block: int, k) -> jax
     i = jnp.arange(length)[:, None] // block
     c = jnp.arange(channels)[None, :]
     return ((i + c) % num_masks == k).astype(jnp.float32)
+
+
+def dte_window_grid(w_train: np.ndarray, *, k: int = 5,
+                    observed: np.ndarray | None = None) -> Tuple[str, float]:
+    """DTE-NP's label-free time-grid rule for flattened training windows `w_train` [N, D].
+
+    Returns ("vpsde", f) when the median leave-one-out score f of the training windows (as a
+    fraction of the last time of DTE's discrete grid) exceeds 1 - DTE_SATURATION, else ("dte", f).
+    `observed`: optional [N, D] 0/1 mask of observed entries.
+    """
+    loo = scoring_lib.dte_nonparametric(w_train, w_train, k=k, exclude_self=True,
+                                        num_steps=DTE_NUM_STEPS, observed_train=observed,
+                                        observed=observed).scores
+    frac = float(np.median(np.asarray(loo))) / (DTE_NUM_STEPS - 1)
+    return ("vpsde" if frac > 1.0 - DTE_SATURATION else "dte"), frac
 
 
 @functools.lru_cache(maxsize=32)
@@ -226,7 +261,8 @@ class TimeSeriesDetector(BaseDetector):
     """Diffusion anomaly detector for series [T] or [T, C]; one score per time step.
 
     Args:
-      scoring: "imputation" (default), "reconstruction" or "denoising" (see the module docstring).
+      scoring: "imputation" (default), "reconstruction" or "denoising" (a network's paradigm), or
+        "dte_np" (no network: diffusion-time estimation on the windows); see the module docstring.
       contamination: expected fraction of anomalous steps, in (0, 0.5]; sets `threshold_`.
       seed: random seed (initialisation, training order, masks and noise).
       window: window length L (steps); series must have at least L steps.
@@ -270,6 +306,8 @@ class TimeSeriesDetector(BaseDetector):
         over the observed channels.
       calibration_fraction: fraction of the training series (its last steps) held out from
         training for the channel statistics when calibrating, in (0, 0.5].
+      dte_k: nearest training windows of "dte_np".
+      dte_max_windows: most training windows "dte_np" keeps (stride raised to fit).
       verbose: print training progress.
     """
 
@@ -286,7 +324,8 @@ class TimeSeriesDetector(BaseDetector):
                  denoise_t: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
                  clip: float | None = 10.0, score_batch_size: int = 128,
                  channel_norm: str = "auto", channel_combine: str = "mean",
-                 calibration_fraction: float = 0.2, verbose: bool = False):
+                 calibration_fraction: float = 0.2, dte_k: int = 5, dte_max_windows: int = 3000,
+                 verbose: bool = False):
         self.scoring = scoring
         self.contamination = contamination
         self.seed = seed
@@ -319,18 +358,20 @@ class TimeSeriesDetector(BaseDetector):
         self.channel_norm = channel_norm
         self.channel_combine = channel_combine
         self.calibration_fraction = calibration_fraction
+        self.dte_k = dte_k
+        self.dte_max_windows = dte_max_windows
         self.verbose = verbose
 
     # -- validation / preprocessing ------------------------------------------------------------
     def _check_params(self) -> None:
-        validation.check_choice(self.scoring, SCORINGS, name="scoring")
+        validation.check_choice(self.scoring, SCORINGS + NONPARAMETRIC, name="scoring")
         validation.check_choice(self.combine, COMBINES, name="combine")
         validation.check_choice(self.channel_norm, CHANNEL_NORMS, name="channel_norm")
         validation.check_choice(self.channel_combine, CHANNEL_COMBINES, name="channel_combine")
         validation.check_fraction(self.calibration_fraction, name="calibration_fraction", low=0.0, high=0.5)
         for name in ("window", "train_stride", "score_stride", "channels", "num_blocks",
                      "kernel_size", "num_heads", "time_dim", "train_steps", "batch_size",
-                     "solver_steps", "score_batch_size", "num_levels"):
+                     "solver_steps", "score_batch_size", "num_levels", "dte_k", "dte_max_windows"):
             validation.check_positive_int(getattr(self, name), name=name)
         if self.window < 4:
             raise ValueError(f"window must be >= 4, got {self.window}")
@@ -465,6 +506,9 @@ class TimeSeriesDetector(BaseDetector):
         self.channel_loc_, self.channel_scale_ = loc, scale
 
     def _fit(self, data, y=None) -> None:
+        if self.scoring in NONPARAMETRIC:
+            self._fit_dte(data)
+            return
         values_all, observed_all = data["values"], data["observed"]
         n_all, c = values_all.shape
         n_cal = self._calibration_split(n_all, c)
@@ -509,6 +553,61 @@ class TimeSeriesDetector(BaseDetector):
         self.n_calibration_ = int(n_cal)
         self.history_ = res.history
         self._fit_channel_stats(values_all[n_all - n_cal:], observed_all[n_all - n_cal:])
+
+    # -- dte_np (no network) ---------------------------------------------------------------------
+    _DTE_CHUNK = 4096  # scoring windows per dte_nonparametric call
+
+    def _flat_windows(self, values: np.ndarray, observed: np.ndarray, starts: np.ndarray,
+                      offset: int = 0):
+        """Flattened windows [W, L * C] (values, observed) starting at `starts` (absolute steps)
+        of arrays that begin at step `offset`."""
+        idx = (starts - offset)[:, None] + np.arange(self.window)[None, :]
+        w, o = values[idx], observed[idx]
+        return w.reshape(len(starts), -1), o.reshape(len(starts), -1)
+
+    def _fit_dte(self, data) -> None:
+        values, observed = data["values"], data["observed"]
+        n, c = values.shape
+        l = self.window
+        stride = max(1, -(-(n - l + 1) // int(self.dte_max_windows)))
+        w, o = self._flat_windows(values, observed, window_starts(n, l, stride))
+        self.dte_windows_ = w.astype(np.float32)
+        self.dte_observed_ = o.astype(np.float32)
+        masked = not bool(np.all(o))
+        self.dte_grid_, self.dte_train_median_ = dte_window_grid(
+            self.dte_windows_, k=int(self.dte_k), observed=self.dte_observed_ if masked else None)
+        self.params_ = None
+        self.n_train_, self.n_calibration_ = int(n), 0
+        self.channel_loc_ = np.zeros((len(SCORINGS), c), np.float32)
+        self.channel_scale_ = np.ones((len(SCORINGS), c), np.float32)
+
+    def _dte_scores(self, src: Tuple[Source, int, int], *, exclude_self: bool = False) -> np.ndarray:
+        """Per-step "dte_np" scores [T], streamed over chunks of windows (memory flat in T)."""
+        source, n, _ = src
+        l, half = self.window, self.window // 2
+        n_win = n - l + 1
+        chunk = min(self._DTE_CHUNK, n_win)  # fixed query shape: one compilation per length
+        kw = {"sde": sde_lib.VPSDE()} if self.dte_grid_ == "vpsde" else {}
+        ref_masked = not bool(np.all(self.dte_observed_))
+        out = np.empty(n)
+        for a in range(0, n_win, chunk):
+            b = min(a + chunk, n_win)
+            vals, obs = source(a, b - 1 + l)
+            starts = np.arange(a, b)
+            w, o = self._flat_windows(vals, obs, starts, offset=a)
+            pad = chunk - len(starts)
+            if pad:  # the last chunk is padded to the common shape and cut back
+                w = np.concatenate([w, np.repeat(w[-1:], pad, 0)])
+                o = np.concatenate([o, np.repeat(o[-1:], pad, 0)])
+            masked = ref_masked or not bool(np.all(o))
+            s = scoring_lib.dte_nonparametric(
+                self.dte_windows_, w, k=int(self.dte_k), num_steps=DTE_NUM_STEPS,
+                exclude_self=exclude_self, observed_train=self.dte_observed_ if masked else None,
+                observed=o if masked else None, **kw).scores
+            out[starts + half] = np.asarray(s, np.float64)[:len(starts)]
+        out[:half] = out[half]
+        out[n_win - 1 + half + 1:] = out[n_win - 1 + half]
+        return out
 
     @property
     def channel_calibrated_(self) -> bool:
@@ -700,13 +799,33 @@ class TimeSeriesDetector(BaseDetector):
         return scores
 
     def _decision_function(self, data) -> np.ndarray:
+        if self.scoring in NONPARAMETRIC:
+            return self._dte_scores(self._array_source(data))
         return self._step_scores(self._array_source(data), self.scoring)
+
+    def _training_scores(self, data) -> np.ndarray:
+        if self.scoring in NONPARAMETRIC:  # a training window is not its own neighbour
+            return self._dte_scores(self._array_source(data), exclude_self=True)
+        return self._decision_function(data)
 
     def _score_rows(self, X) -> np.ndarray:
         if getattr(self, "head_", None) is not None:  # the head needs the whole prepared series
             return super()._score_rows(X)
         # decision_function: the input is preprocessed piecewise while it streams (not at once).
+        if self.scoring in NONPARAMETRIC:
+            return self._dte_scores(self._input_source(X))
         return self._step_scores(self._input_source(X), self.scoring)
+
+    def _check_head_support(self, anomalies) -> None:
+        if anomalies is not None and self.scoring in NONPARAMETRIC:
+            raise ValueError(f"scoring={self.scoring!r} has no anomaly map for a supervised head; "
+                             f"fit with a network paradigm {SCORINGS} to pass anomalies=")
+        super()._check_head_support(anomalies)
+
+    def _check_network(self, what: str) -> None:
+        if self.scoring in NONPARAMETRIC:
+            raise ValueError(f"{what} needs a network; this detector was fitted with "
+                             f"scoring={self.scoring!r}")
 
     def _head_features(self, data) -> np.ndarray:
         (emap, has), = self._stream(self._array_source(data), self.scoring, ["map"])
@@ -764,6 +883,7 @@ class TimeSeriesDetector(BaseDetector):
         `paradigm_scores`) from one scoring pass of X: the network runs once, only the channel
         reduction differs. Returns a list with one [T] array per variant."""
         self._check_fitted()
+        self._check_network("paradigm_scores")
         validation.check_choice(scoring, SCORINGS, name="scoring")
         validation.check_size(X, name="X")
         reductions = [self._reduction(scoring, n, h) for n, h in variants]
@@ -773,6 +893,7 @@ class TimeSeriesDetector(BaseDetector):
         """Per-step, per-channel anomaly map [T, C] of the detector's paradigm: raw squared errors
         (not standardised by the channel statistics), 0 where a value is missing."""
         self._check_fitted()
+        self._check_network("channel_scores")
         validation.check_size(X, name="X")
         return self._stream(self._input_source(X), self.scoring, ["map"])[0][0]
 
@@ -780,18 +901,30 @@ class TimeSeriesDetector(BaseDetector):
     def _export(self):
         meta = {"n_train": int(self.n_train_), "n_features": int(self.n_features_in_),
                 "n_calibration": int(self.n_calibration_)}
-        arrays = {"loc": self.loc_, "scale": self.scale_, "params": self.params_,
+        arrays = {"loc": self.loc_, "scale": self.scale_,
                   "channel_loc": self.channel_loc_, "channel_scale": self.channel_scale_}
+        if self.scoring in NONPARAMETRIC:
+            meta.update(dte_grid=self.dte_grid_, dte_train_median=float(self.dte_train_median_),
+                        dte_windows=int(self.dte_windows_.shape[0]))
+            arrays.update(dte_windows=self.dte_windows_, dte_observed=self.dte_observed_)
+        else:
+            arrays["params"] = self.params_
         return meta, arrays
 
     def _abstract_arrays(self, meta):
         self._check_params()
         c = int(meta["n_features"])
-        return {"loc": jax.ShapeDtypeStruct((c,), np.float32),
-                "scale": jax.ShapeDtypeStruct((c,), np.float32),
-                "channel_loc": jax.ShapeDtypeStruct((len(SCORINGS), c), np.float32),
-                "channel_scale": jax.ShapeDtypeStruct((len(SCORINGS), c), np.float32),
-                "params": jax.eval_shape(lambda: self._init_params(jax.random.key(0), c))}
+        out = {"loc": jax.ShapeDtypeStruct((c,), np.float32),
+               "scale": jax.ShapeDtypeStruct((c,), np.float32),
+               "channel_loc": jax.ShapeDtypeStruct((len(SCORINGS), c), np.float32),
+               "channel_scale": jax.ShapeDtypeStruct((len(SCORINGS), c), np.float32)}
+        if self.scoring in NONPARAMETRIC:
+            shape = (int(meta["dte_windows"]), int(self.window) * c)
+            out.update(dte_windows=jax.ShapeDtypeStruct(shape, np.float32),
+                       dte_observed=jax.ShapeDtypeStruct(shape, np.float32))
+        else:
+            out["params"] = jax.eval_shape(lambda: self._init_params(jax.random.key(0), c))
+        return out
 
     def _import(self, meta, arrays):
         self.n_features_in_ = int(meta["n_features"])
@@ -802,4 +935,13 @@ class TimeSeriesDetector(BaseDetector):
         c = self.n_features_in_
         self.channel_loc_ = np.asarray(arrays.get("channel_loc", np.zeros((len(SCORINGS), c))), np.float32)
         self.channel_scale_ = np.asarray(arrays.get("channel_scale", np.ones((len(SCORINGS), c))), np.float32)
-        self.params_ = jax.tree.map(np.asarray, arrays["params"])
+        if self.scoring in NONPARAMETRIC:
+            self.params_ = None
+            self.dte_windows_ = np.asarray(arrays["dte_windows"], np.float32)
+            self.dte_observed_ = np.asarray(arrays["dte_observed"], np.float32)
+            self.dte_grid_ = str(meta["dte_grid"])
+            if self.dte_grid_ not in ("dte", "vpsde"):
+                raise ValueError(f"checkpoint: unknown dte_grid {self.dte_grid_!r}")
+            self.dte_train_median_ = float(meta["dte_train_median"])
+        else:
+            self.params_ = jax.tree.map(np.asarray, arrays["params"])

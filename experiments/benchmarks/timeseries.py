@@ -139,16 +139,11 @@ def _per_step(window_scores: np.ndarray, starts: np.ndarray, length: int, n: int
     return acc / np.maximum(cnt, 1)
 
 
-# DTE-NP's grid rule (fixed before any test figure was seen): when the median leave-one-out score
-# of the training windows lies in the last DTE_SATURATION of DTE's discrete grid (test windows,
-# farther from the training set, then pile up on its last step: a constant score), score on the
-# VP SDE's time grid instead, whose noise variance is unbounded.
-DTE_SATURATION = 0.2
-
-
 def dte_np_scores(w_train: np.ndarray, w_test: np.ndarray, *, k: int = 5,
                   info: dict | None = None) -> np.ndarray:
-    """adiff-dte_np window scores with the label-free grid rule (DTE_SATURATION).
+    """adiff-dte_np window scores with the detector's label-free grid rule
+    (`adiff.detectors.timeseries.dte_window_grid`; TimeSeriesDetector(scoring="dte_np") scores
+    the same windows the same way).
 
     Args:
       w_train: [N, D] training windows.
@@ -161,15 +156,14 @@ def dte_np_scores(w_train: np.ndarray, w_test: np.ndarray, *, k: int = 5,
       [M] scores.
     """
     from adiff import scoring, sde as sde_lib  # pylint: disable=import-outside-toplevel
+    import adiff.detectors.timeseries as ts_det  # pylint: disable=import-outside-toplevel
     w_train, w_test = w_train.astype(np.float32), w_test.astype(np.float32)
-    num_steps = 300
-    loo = scoring.dte_nonparametric(w_train, w_train, k=k, exclude_self=True, num_steps=num_steps).scores
-    frac = float(np.median(np.asarray(loo))) / (num_steps - 1)
-    grid = "vpsde" if frac > 1.0 - DTE_SATURATION else "dte"
+    grid, frac = ts_det.dte_window_grid(w_train, k=k)
     if info is not None:
         info.update(grid=grid, train_median=frac)
     kw = {"sde": sde_lib.VPSDE()} if grid == "vpsde" else {}
-    return np.asarray(scoring.dte_nonparametric(w_train, w_test, k=k, num_steps=num_steps, **kw).scores)
+    return np.asarray(scoring.dte_nonparametric(w_train, w_test, k=k, num_steps=ts_det.DTE_NUM_STEPS,
+                                                **kw).scores)
 
 
 def baseline_scores(name: str, train: np.ndarray, test: np.ndarray, length: int, *, seed: int,
@@ -392,6 +386,7 @@ def _entity_table(rows: Dict) -> List[str]:
 
 
 def _write(results: Dict) -> None:
+    import adiff.detectors.timeseries as ts_det  # pylint: disable=import-outside-toplevel
     path = pathlib.Path(FLAGS.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     json_path = path.with_suffix(".json")
@@ -438,7 +433,7 @@ def _write(results: Dict) -> None:
         "PCA reconstruction error (95% variance) and adiff-dte_np (adiff.scoring."
         "dte_nonparametric, k = 5, posterior-mean diffusion time; an extra paradigm of adiff, "
         "not a diffusion network; DTE's discrete grid unless the median leave-one-out score of the "
-        f"training windows lies in the last {DTE_SATURATION:.0%} of that grid, then the VP SDE's "
+        f"training windows lies in the last {ts_det.DTE_SATURATION:.0%} of that grid, then the VP SDE's "
         "time grid: a label-free rule against saturation, fixed before any test figure). Their window scores go to "
         + ("the window's centre step, edges padded with the nearest centre (DESIGN.md)"
            if FLAGS.assign == "centre" else "every step, averaged over the covering windows")
