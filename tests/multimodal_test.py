@@ -349,3 +349,35 @@ def test_skab_groups(shared_data):
     assert s.train["vibration"].shape[1:] == (16, 2) and s.train["process"].shape[1:] == (16, 6)
     assert len(s.test["vibration"]) == len(s.labels) == len(s.test["process"])
     assert 0 < s.labels.mean() < 1
+
+
+def test_late_surprise_scale(setup, tmp_path):
+    """late_scale="surprise": per-modality held-out surprise curves are fitted (same networks,
+    so early and cross are unchanged), late grows only logarithmically with one modality's
+    magnitude far beyond its held-out range, and the curves survive save/load."""
+    det, train, test, y = setup
+    sur = MultimodalDetector(**{**det.get_params(), "late_scale": "surprise"})
+    sur.fit(train)
+    d0, d1 = det.decompose(test), sur.decompose(test)
+    np.testing.assert_allclose(d1.early, d0.early, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(d1.late).all() and sur.uni_knots_.shape[0] == 2
+    assert not np.allclose(sur.uni_knots_, det.uni_knots_)  # fitted, not the default curves
+    # one modality 10 vs 1000 held-out spans beyond its maximum: a log step, not a 100x step
+    m = 2
+    span = sur.uni_knots_[:, -1] - sur.uni_knots_[:, 0]
+    alone = np.tile(sur.alone_stats_[0], (2, 1)).astype(np.float64)  # z = 0 for every modality
+    rec = np.tile(sur.recon_stats_[0], (2, 1)).astype(np.float64)
+    for r, f in enumerate((10.0, 1000.0)):  # modality 0's unimodal z pushed f spans past its top
+        z = sur.uni_knots_[0, -1] + f * span[0]
+        alone[r, 0] = sur.alone_stats_[0, 0] + z * sur.alone_stats_[1, 0]
+        rec[r, 0] = sur.recon_stats_[0, 0] + z * sur.recon_stats_[1, 0]
+    present = np.ones((2, m), bool)
+    errors = (np.zeros((2, m)), alone, np.zeros((2, m)))
+    late_s = sur._raw_components(errors, rec, present)["raw"][:, 1]
+    late_z = det._raw_components(errors, rec, present)["raw"][:, 1]
+    assert late_z[1] - late_z[0] > 100                # z scale: magnitude decides
+    assert 0 < late_s[1] - late_s[0] < 0.5 * np.log(1000.0) + 1e-6  # surprise: log(100) / M
+    sur.save(tmp_path / "sur")
+    back = base.load(tmp_path / "sur")
+    np.testing.assert_array_equal(back.uni_knots_, sur.uni_knots_)
+    np.testing.assert_allclose(back.decision_function(test), sur.decision_function(test), rtol=1e-5, atol=1e-5)

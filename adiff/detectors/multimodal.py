@@ -49,7 +49,9 @@ scores are deterministic):
   unavailable) with one modality.
 - early: mean over present m of z(E_joint[m]) (all present modalities noised together), then
   standardised per presence pattern.
-- late: mean of unimodal[m] over present m, then standardised per presence pattern.
+- late: mean of unimodal[m] over present m, then standardised per presence pattern; with
+  late_scale="surprise" each unimodal[m] is first mapped to its held-out surprise (the map of
+  the calibrated attention below, fitted per modality on the held-out samples where it is present).
 - dynamic: attention over the available normalised scores c in (early, late, cross), a convex
   combination that leans, per sample, on the most surprised component (a smooth maximum), so a kind
   of anomaly caught by early or by late alone is not diluted by the other; early and late are
@@ -86,11 +88,12 @@ from adiff.typing import Array
 
 FUSIONS = ("early", "late", "dynamic")
 ATTENTIONS = ("score", "calibrated")
+LATE_SCALES = ("z", "surprise")
 _SURPRISE_KNOTS = 33  # knots of each held-out surprise curve (per presence pattern and component)
 _MAX_INFERRED_VOCAB = 1 << 20  # larger token ids at fit need an explicit vocab_size
 PRESENT_KEY = "present"
 
-__all__ = ["MultimodalDetector", "MultimodalScores", "FUSIONS", "ATTENTIONS", "KINDS", "PRESENT_KEY",
+__all__ = ["MultimodalDetector", "MultimodalScores", "FUSIONS", "ATTENTIONS", "LATE_SCALES", "KINDS", "PRESENT_KEY",
            "heldout_surprise"]
 
 
@@ -106,8 +109,8 @@ class MultimodalScores:
         the gate was not trained).
       components: [N, 3] the values the dynamic score combines: (early, late, cross) for
         attention="score", their held-out surprises for attention="calibrated".
-      unimodal: [N, M] normalised per-modality scores (NaN where the modality is missing); the
-        per-modality decomposition of `late`.
+      unimodal: [N, M] normalised per-modality scores (NaN where the modality is missing) on the
+        `late_scale` (z-scores, or held-out surprises); the per-modality decomposition of `late`.
       cross: [N] normalised cross-modal term (0 with a single present modality).
       weights: [N, 3] dynamic weights of (early, late, cross); cross is zero where unavailable.
       contributions: [N, 3] weights * components: what each adds to the dynamic score.
@@ -162,6 +165,10 @@ class MultimodalDetector(BaseDetector):
         before fit: the gate is trained on this scale. "score" is the default: "calibrated" fixes
         SKAB seed 0 but misses seeds 1-2 (docs/results/multimodal.md, "Calibrated attention").
       gate_bound: bound on the learned per-sample log prior weights of the dynamic gate (0 = no gate).
+      late_scale: scale on which late fusion averages the per-modality scores: "z" (default; their
+        held-out z-scores) or "surprise" (their held-out surprise, as `heldout_surprise`: beyond
+        the held-out range a modality's score grows logarithmically, so far-off test data are not
+        ranked by whichever modality has the smallest held-out spread).
       ts: diffusion times at which denoising errors are measured.
       num_draws: fixed noise draws per time.
       vocab_size: text vocabulary size (token 0 = padding); None infers max token + 1 at fit.
@@ -175,7 +182,8 @@ class MultimodalDetector(BaseDetector):
                  num_blocks: int = 2, encoder_steps: int = 1500, diffusion_steps: int = 3000,
                  gate_steps: int = 500, batch_size: int = 256, learning_rate: float = 1e-3,
                  drop_rate: float = 0.3, calibration_fraction: float = 0.2, fusion_temperature: float = 1.0,
-                 attention: str = "score", gate_bound: float = 1.0, ts: Sequence[float] = (0.05, 0.2, 0.5),
+                 attention: str = "score", gate_bound: float = 1.0, late_scale: str = "z",
+                 ts: Sequence[float] = (0.05, 0.2, 0.5),
                  num_draws: int = 4,
                  vocab_size: int | None = None, score_batch_size: int = 1024, verbose: bool = False):
         self.modalities = modalities
@@ -198,6 +206,7 @@ class MultimodalDetector(BaseDetector):
         self.fusion_temperature = fusion_temperature
         self.attention = attention
         self.gate_bound = gate_bound
+        self.late_scale = late_scale
         self.ts = ts
         self.num_draws = num_draws
         self.vocab_size = vocab_size
@@ -216,6 +225,7 @@ class MultimodalDetector(BaseDetector):
             raise ValueError(f"modalities must hold at most 6 keys, got {len(self.modalities)}")
         validation.check_choice(self.fusion, FUSIONS, name="fusion")
         validation.check_choice(self.attention, ATTENTIONS, name="attention")
+        validation.check_choice(self.late_scale, LATE_SCALES, name="late_scale")
         for name in ("embed_dim", "proj_dim", "hidden", "num_blocks", "encoder_steps",
                      "diffusion_steps", "gate_steps", "batch_size", "num_draws", "score_batch_size"):
             validation.check_positive_int(getattr(self, name), name=name)
@@ -667,6 +677,14 @@ class MultimodalDetector(BaseDetector):
             sel = present[:, i]
             self.alone_stats_[:, i] = _loc_scale(alone[sel, i])
             self.recon_stats_[:, i] = _loc_scale(rec[sel, i])
+        # held-out surprise curves of each modality's unimodal score (late_scale="surprise")
+        knots, tail = _default_surprise(1)
+        self.uni_knots_ = np.repeat(knots[0, :1], m, axis=0)
+        self.uni_tail_ = np.repeat(tail[:, 0, :1], m, axis=1)
+        if self.late_scale == "surprise":
+            uni = self._unimodal_z(alone, rec, present)
+            for i in range(m):
+                self.uni_knots_[i], self.uni_tail_[:, i] = _fit_surprise(uni[present[:, i], i])
         # per presence pattern: statistics from the samples that have all of the pattern's
         # modalities, evaluated with only those present
         self.joint_stats_ = np.zeros((2, len(pats), m), np.float32)
@@ -694,16 +712,26 @@ class MultimodalDetector(BaseDetector):
                 z = (raw["raw"][:, c] - self.fused_stats_[0, p, c]) / self.fused_stats_[1, p, c]
                 self.surprise_knots_[p, c], self.surprise_tail_[:, p, c] = _fit_surprise(z)
 
+    def _unimodal_z(self, alone, rec, present):
+        """Per-modality unimodal scores [N, M] on the z scale (NaN where a modality is missing):
+        the mean of the z-scored denoising and reconstruction errors (denoising alone for
+        precomputed embeddings)."""
+        z_alone = (alone - self.alone_stats_[0]) / self.alone_stats_[1]
+        z_rec = (rec - self.recon_stats_[0]) / self.recon_stats_[1]
+        trainable = np.array([s.kind != "embedding" for s in self._specs()])
+        return np.where(present, np.where(trainable, 0.5 * (z_alone + z_rec), z_alone), np.nan)
+
     def _raw_components(self, errors, rec, present):
         """Per-modality z-scores and the raw (early, late, cross) scores [N, 3] before their
         per-pattern normalisation."""
         m = present.shape[1]
         joint, alone, cond = errors
         pid = (present.astype(np.int64) * (1 << np.arange(m))).sum(axis=1)
-        z_alone = (alone - self.alone_stats_[0]) / self.alone_stats_[1]
-        z_rec = (rec - self.recon_stats_[0]) / self.recon_stats_[1]
-        trainable = np.array([s.kind != "embedding" for s in self._specs()])
-        uni = np.where(trainable, 0.5 * (z_alone + z_rec), z_alone)
+        uni = self._unimodal_z(alone, rec, present)
+        if self.late_scale == "surprise":
+            uni = np.stack([heldout_surprise(uni[:, i], self.uni_knots_[i], s_lo=self.uni_tail_[0, i],
+                                             s_max=self.uni_tail_[1, i], tau=self.uni_tail_[2, i])
+                            for i in range(m)], axis=1)
         uni = np.where(present, uni, np.nan)
         z_joint = (joint - self.joint_stats_[0, pid]) / self.joint_stats_[1, pid]
         multi = present.sum(axis=1) >= 2
@@ -789,6 +817,8 @@ class MultimodalDetector(BaseDetector):
                   "joint_stats": self.joint_stats_, "cross_stats": self.cross_stats_,
                   "fused_stats": self.fused_stats_, "surprise_knots": self.surprise_knots_,
                   "surprise_tail": self.surprise_tail_}
+        if self.late_scale == "surprise":
+            arrays.update(uni_knots=self.uni_knots_, uni_tail=self.uni_tail_)
         return meta, arrays
 
     def _set_meta(self, meta) -> None:
@@ -809,11 +839,14 @@ class MultimodalDetector(BaseDetector):
             shape = self.input_shapes_[k]
             c = 1 if kind == "image" else int(math.prod(shape[1:])) if kind == "series" else int(shape[0])
             stats[k] = {"mean": sds((c,)), "std": sds((c,))}
-        return {"params": jax.eval_shape(self._init_params), "input_stats": stats,
-                "emb_mean": sds((d,)), "emb_std": sds((d,)), "alone_stats": sds((2, m)),
-                "recon_stats": sds((2, m)), "joint_stats": sds((2, 2 ** m, m)),
-                "cross_stats": sds((2, 2 ** m, m)), "fused_stats": sds((2, 2 ** m, 3)),
-                "surprise_knots": sds((2 ** m, 3, _SURPRISE_KNOTS)), "surprise_tail": sds((3, 2 ** m, 3))}
+        out = {"params": jax.eval_shape(self._init_params), "input_stats": stats,
+               "emb_mean": sds((d,)), "emb_std": sds((d,)), "alone_stats": sds((2, m)),
+               "recon_stats": sds((2, m)), "joint_stats": sds((2, 2 ** m, m)),
+               "cross_stats": sds((2, 2 ** m, m)), "fused_stats": sds((2, 2 ** m, 3)),
+               "surprise_knots": sds((2 ** m, 3, _SURPRISE_KNOTS)), "surprise_tail": sds((3, 2 ** m, 3))}
+        if self.late_scale == "surprise":
+            out.update(uni_knots=sds((m, _SURPRISE_KNOTS)), uni_tail=sds((3, m)))
+        return out
 
     def _import(self, meta, arrays) -> None:
         self._set_meta(meta)
@@ -823,6 +856,9 @@ class MultimodalDetector(BaseDetector):
         for name in ("emb_mean", "emb_std", "alone_stats", "recon_stats", "joint_stats", "cross_stats",
                      "fused_stats", "surprise_knots", "surprise_tail"):
             setattr(self, name + "_", np.asarray(arrays[name], np.float32))
+        if self.late_scale == "surprise":
+            self.uni_knots_ = np.asarray(arrays["uni_knots"], np.float32)
+            self.uni_tail_ = np.asarray(arrays["uni_tail"], np.float32)
         self.gate_trained_ = bool(meta["gate_trained"])
         self.n_train_ = int(meta["n_train"])
         self.n_calibration_ = int(meta.get("n_calibration", self.n_train_))

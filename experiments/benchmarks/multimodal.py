@@ -57,6 +57,8 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0"], "Seeds (split, anomalies, networks); one fit per config and seed.")
     flags.DEFINE_enum("attention", None, ["score", "calibrated"], "Dynamic-fusion attention scale of the "
                       "detector (MultimodalDetector(attention=)); unset: the detector's default.")
+    flags.DEFINE_enum("late_scale", None, ["z", "surprise"], "Late-fusion scale of the detector "
+                      "(MultimodalDetector(late_scale=)); unset: the detector's default.")
     flags.DEFINE_boolean("merge", False, "Add this run's results to those already in the .json output "
                          "(same config and seed replaced) instead of starting afresh.")
 
@@ -118,7 +120,8 @@ def _drop(test, key, kind, frac, seed):
     return out
 
 
-def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: str | None = None) -> dict:
+def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: str | None = None,
+            late_scale: str | None = None) -> dict:
     cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
     if quick:
         tiny = importlib.import_module("experiments.configs.multimodal_tiny").get_config()
@@ -133,6 +136,8 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: st
     kwargs = cfg.detector.to_dict()
     if attention is not None:
         kwargs["attention"] = attention
+    if late_scale is not None:
+        kwargs["late_scale"] = late_scale
     det = MultimodalDetector(modalities=modalities, fusion="dynamic", seed=seed, **kwargs)
     det.fit(split.train)
     fit_s = time.time() - t0
@@ -179,7 +184,8 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: st
     return {"name": name, "seed": int(seed), "config": cfg.to_dict(), "n_train": int(len(next(iter(split.train.values())))),
             "n_test": int(len(y)), "counts": {str(k): int((kinds == k).sum()) for k in sorted(set(kinds))},
             "fit_s": fit_s, "score_s": score_s, "auroc": table, "missing": missing, "ceiling": ceiling,
-            "mean_weights": mean_w, "flag_rate_normal": flag, "attention": det.attention}
+            "mean_weights": mean_w, "flag_rate_normal": flag, "attention": det.attention,
+            "late_scale": det.late_scale}
 
 
 def _stat(values, sign: bool = False) -> str:
@@ -255,7 +261,7 @@ def main(argv):
     results = list(old["results"])
     for name in FLAGS.configs:
         for seed in (int(s) for s in FLAGS.seeds):
-            res = run_one(name, root, seed, FLAGS.quick, FLAGS.attention)
+            res = run_one(name, root, seed, FLAGS.quick, FLAGS.attention, FLAGS.late_scale)
             results = [r for r in results if (r["name"], r.get("seed")) != (name, seed)] + [res]
             print(f"{name} seed {seed}: fit {res['fit_s']:.0f} s; "
                   + json.dumps({r: {k: round(v, 3) for k, v in a.items()} for r, a in res["auroc"].items()
