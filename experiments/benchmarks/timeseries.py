@@ -63,7 +63,7 @@ def define_flags() -> None:
     flags.DEFINE_list("datasets", ["asd", "skab", "nab"], "Datasets to run (asd, skab, nab).")
     flags.DEFINE_string("data_dir", str(DEFAULT_DATA_DIR), "Directory holding asd/, skab/ and nab/.")
     flags.DEFINE_integer("max_entities", 12, "At most this many ASD entities / SKAB runs.")
-    flags.DEFINE_integer("entity_offset", 0, "Skip the first this many ASD entities / SKAB runs "
+    flags.DEFINE_integer("entity_offset", 0, "Skip the first this many ASD entities / SKAB runs / NAB series "
                          "(split a long campaign into pieces; use with --merge).")
     flags.DEFINE_bool("merge", False, "Keep the rows already in the JSON beside --output and add "
                       "(or replace) the series of this run, instead of starting the dataset afresh.")
@@ -282,14 +282,16 @@ def _splits(dataset: str):
                 if i < len(by_cat[cat]):
                     order.append(by_cat[cat][i])
             i += 1
-        taken = 0
+        taken, off = 0, FLAGS.entity_offset
         for key in order:
             split = load_series(f"nab:{key}", root)
             if split.labels.min() == split.labels.max():
                 continue  # no anomaly (or only anomalies) after the probationary period
-            yield key, split
             taken += 1
-            if taken >= FLAGS.nab_max_series:
+            if taken <= off:
+                continue
+            yield key, split
+            if taken >= off + FLAGS.nab_max_series:
                 break
     else:
         raise ValueError(f"unknown dataset {dataset!r}; choose asd, skab or nab")
@@ -298,6 +300,9 @@ def _splits(dataset: str):
 def run_dataset(dataset: str, results: Dict) -> None:
     from adiff import metrics  # pylint: disable=import-outside-toplevel
     rows = results.setdefault(dataset, {})
+    # the settings this run used (a merged page may hold datasets run with different overrides)
+    results.setdefault("detector_kwargs", {})[dataset] = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in _det_kwargs(dataset).items()}
     skab_det = None
     for name, (train, test, labels) in _splits(dataset):
         if labels.min() == labels.max():
@@ -414,7 +419,8 @@ def _write(results: Dict) -> None:
         "(oracle).",
         "",
         "adiff: `TimeSeriesDetector(**experiments/configs/ts_<dataset>.py detector)` = "
-        + "; ".join(f"{ds}: `{_det_kwargs(ds)}`" for ds in results if ds in ("asd", "skab", "nab"))
+        + "; ".join(f"{ds}: `{results.get('detector_kwargs', {}).get(ds) or _det_kwargs(ds)}`"
+                    for ds in results if ds in ("asd", "skab", "nab"))
         + ". One network per series (per dataset for SKAB) scored by three paradigms from the "
         "same network (`paradigm_scores`): imputation (grid + random masks, x0-predictions of the "
         "last DDIM steps), reconstruction (t0 = 0.1 and 0.3) and denoising (density-style: x0 "
