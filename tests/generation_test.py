@@ -430,3 +430,41 @@ def test_generation_benchmark_quick_table_part(tmp_path):
     line = [l for l in out.stdout.splitlines() if l.startswith("table Stamps seed 0")]
     assert line and "detector + head: adiff class-conditioned + few real=" in line[0]
     assert sorted((repo / "docs" / "results" / "generation").rglob("*")) == before
+
+
+def test_benchmark_pixel_features_per_time_maps_and_head_rule():
+    # The image_pixel_head part's features: image + one standardised log map per denoise time +
+    # the combined log map (last); the detector's t0 is restored; score = z + softplus(logit).
+    from experiments.benchmarks import generation as bench  # pylint: disable=import-outside-toplevel
+
+    class FakeDetector:  # maps depend on t0 as ImageDetector's do after set_params
+        def __init__(self, t0):
+            self.t0 = t0
+
+        def set_params(self, **kw):
+            self.t0 = kw["t0"]
+            return self
+
+        def analyze(self, x):
+            u, t = x[..., 0], sum(self.t0) / len(self.t0)
+            return type("A", (), {"maps": 0.1 + u + 20.0 * t ** 2 * u ** 3})()
+
+    rng = np.random.default_rng(0)
+    normal, other = rng.uniform(size=(6, 5, 4, 1)), rng.uniform(size=(3, 5, 4, 1))
+    det = FakeDetector((0.2, 0.5))
+    f, stats = bench.pixel_features(det, normal)
+    assert det.t0 == (0.2, 0.5) and f.shape == (6, 5, 4, 4)
+    np.testing.assert_allclose(f[..., 0], normal[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(f[..., 1:].reshape(-1, 3).mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(f[..., 1:].reshape(-1, 3).std(0), 1.0, atol=1e-4)
+    det.set_params(t0=(0.5,))
+    z_half = np.log(det.analyze(other).maps)
+    det.set_params(t0=(0.2, 0.5))
+    g, _ = bench.pixel_features(det, other, stats)
+    np.testing.assert_allclose(g[..., 2], (z_half - stats["mean"][1]) / stats["std"][1], rtol=1e-5)
+    assert not np.allclose(g[..., 2], g[..., 3])  # combined map differs from the per-t ones
+    logits = rng.normal(size=(3, 5, 4))
+    np.testing.assert_allclose(bench.pixel_head_scores(g, logits),
+                               g[..., 3] + np.log1p(np.exp(logits)), rtol=1e-6)
+    f1, _ = bench.pixel_features(FakeDetector((0.3,)), normal)  # one time: no duplicate channel
+    assert f1.shape == (6, 5, 4, 2)

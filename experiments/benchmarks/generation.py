@@ -2,7 +2,8 @@ r"""Anomaly generation benchmark: Magnetic tile (downstream gain, C2ST, diversit
 ADBench tables and SKAB (downstream gain of detectors trained with generated anomalies).
 
   flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.generation \
-      [--parts=image,table,series] [--tables=cardio,satellite] [--merge] [--quick]
+      [--parts=image,image_head,image_pixel_head,table,series] [--tables=cardio,satellite] \
+      [--merge] [--quick]
 
 Magnetic tile (grayscale, resized to cfg.size px): normal images split by the DESIGN protocol
 (random 70% of MT_Free trains, seed); for every defect type a random third (seed) of its images
@@ -183,18 +184,25 @@ def _image_setup(cfg, log):
     return normal, train_def, test, gen, base, out, rng, {"generator_fit": t_fit, "generate": t_gen}
 
 
-def run_image_head(cfg, log):
-    """Image-level downstream gain through the library path: ImageDetector (the denoise scorer of
-    experiments/configs/image_magnetic_tile.py) + the supervised head (`fit_head`) trained on
-    the normal training images vs each set of synthetic anomalies."""
-    from adiff.detectors import ImageDetector  # pylint: disable=import-outside-toplevel
+def _image_detector_kwargs(cfg):
+    """ImageDetector keyword arguments of the image_head and image_pixel_head parts: the detector
+    + denoise settings of experiments/configs/image_magnetic_tile.py with cfg's overrides."""
     from experiments.configs import image_magnetic_tile  # pylint: disable=import-outside-toplevel
-    normal, train_def, test, _, base, out, _, times = _image_setup(cfg, log)
     icfg = image_magnetic_tile.get_config()
     kw = dict(icfg.detector.to_dict())
     kw.update(icfg.denoise.to_dict())
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
     kw.update(cfg.image_head.detector_overrides.to_dict())
+    return kw
+
+
+def run_image_head(cfg, log):
+    """Image-level downstream gain through the library path: ImageDetector (the denoise scorer of
+    experiments/configs/image_magnetic_tile.py) + the supervised head (`fit_head`) trained on
+    the normal training images vs each set of synthetic anomalies."""
+    from adiff.detectors import ImageDetector  # pylint: disable=import-outside-toplevel
+    normal, train_def, test, _, base, out, _, times = _image_setup(cfg, log)
+    kw = _image_detector_kwargs(cfg)
     t1 = time.time()
     det = ImageDetector(seed=cfg.seed, **kw).fit(normal)
     times["detector_fit"] = time.time() - t1
@@ -215,6 +223,93 @@ def run_image_head(cfg, log):
         res[name]["image_auroc"] = metrics.auroc(test.labels, s)
         log(f"{name}: {res[name]} ({time.time() - t1:.0f}s)")
     return {"downstream": res, "times_s": times,
+            "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}}
+
+
+def pixel_features(det, x, stats=None):
+    """Per-pixel features of images x [N, H, W, C] in [0, 1] for the pixel-level head.
+
+    Channels: the image itself, the detector's log anomaly map at each of its denoise times t0
+    separately (`set_params(t0=(t,))` + `analyze`; only when it has more than one time; its t0
+    is restored afterwards) and its combined log map (last channel). Map channels are
+    standardised by `stats` (per-channel mean and std over the normal training pixels); pass
+    stats=None for the normal training images themselves to compute them.
+
+    Returns:
+      (features [N, H, W, C + K + 1] float32, stats dict(mean [K + 1], std [K + 1])).
+    """
+    t0 = tuple(det.t0)
+    log_map = lambda m: np.log(np.maximum(np.asarray(m, np.float64), 0.0) + 1e-8)
+    maps = []
+    if len(t0) > 1:
+        try:
+            for t in t0:
+                det.set_params(t0=(t,))
+                maps.append(log_map(det.analyze(x).maps))
+        finally:
+            det.set_params(t0=t0)
+    maps.append(log_map(det.analyze(x).maps))
+    maps = np.stack(maps, -1)  # [N, H, W, K + 1]
+    if stats is None:
+        flat = maps.reshape(-1, maps.shape[-1])
+        stats = {"mean": flat.mean(0), "std": np.maximum(flat.std(0), 1e-8)}
+    maps = (maps - stats["mean"]) / stats["std"]
+    x = np.asarray(x, np.float32).reshape(maps.shape[:3] + (-1,))
+    return np.concatenate([x, maps.astype(np.float32)], -1), stats
+
+
+def pixel_head_scores(features, logits):
+    """The library's head rule per pixel: z + softplus(logit), z = the standardised combined
+    log map (the last feature channel), so an anomaly kind the head never saw keeps the
+    unsupervised evidence. features [N, H, W, F], logits [N, H, W] -> [N, H, W]."""
+    return features[..., -1] + np.logaddexp(0.0, np.asarray(logits, np.float64))
+
+
+def run_image_pixel_head(cfg, log):
+    """Pixel-level downstream gain: ImageDetector (as in run_image_head) + a per-pixel head (the
+    Segmenter net, class-balanced BCE, flips) on [image, per-t log maps, combined log map],
+    trained on the normal training images (mask 0) vs each set of synthetic anomalies with
+    their masks; pixel score z + softplus(logit)."""
+    from adiff.detectors import ImageDetector  # pylint: disable=import-outside-toplevel
+    normal, train_def, test, _, base, out, _, times = _image_setup(cfg, log)
+    kw = _image_detector_kwargs(cfg)
+    t1 = time.time()
+    det = ImageDetector(seed=cfg.seed, **kw).fit(normal)
+    times["detector_fit"] = time.time() - t1
+    t1 = time.time()
+    f_normal, stats = pixel_features(det, normal)
+    xt = test.images.astype(np.float32) / 255.0
+    f_test, _ = pixel_features(det, xt, stats)
+    cp_img, cp_mask = cut_paste(np.random.default_rng(cfg.seed + 7), base)
+    sets = {"cut-paste": (cp_img, cp_mask),
+            "adiff generated": (out.samples, out.masks),
+            "reference: real training third":
+                (train_def.images.astype(np.float32) / 255.0, train_def.masks)}
+    feats = {k: (pixel_features(det, a.astype(np.float32), stats)[0], m) for k, (a, m) in sets.items()}
+    times["features"] = time.time() - t1
+    log(f"pixel features {f_normal.shape[-1]} channels (t0 {list(det.t0)}), "
+        f"{times['features']:.0f}s")
+    ph = cfg.pixel_head
+    res = {"none: ImageDetector denoise map (z, unsupervised)": image_metrics(f_test[..., -1], test)}
+    log(f"none: {res['none: ImageDetector denoise map (z, unsupervised)']}")
+    head_only = {}
+    zero = np.zeros(normal.shape[:3], np.float32)
+    for name, (fa, ma) in feats.items():
+        t1 = time.time()
+        f = train_segmenter(np.concatenate([f_normal, fa]),
+                            np.concatenate([zero, (np.asarray(ma) > 0).astype(np.float32)]),
+                            steps=ph.steps, batch_size=ph.batch_size, width=ph.width, lr=ph.lr,
+                            seed=cfg.seed)
+        logits = f(f_test)
+        row = f"detector + pixel head: {name}"
+        res[row] = image_metrics(pixel_head_scores(f_test, logits), test)
+        head_only[f"pixel head logit alone: {name}"] = image_metrics(logits, test)
+        times[f"head {name}"] = time.time() - t1
+        log(f"{row}: {res[row]} (logit alone: {head_only[f'pixel head logit alone: {name}']}) "
+            f"({times[f'head {name}']:.0f}s)")
+    return {"downstream": res, "diagnostic_head_only": head_only, "times_s": times,
+            "channels": ["image"] + [f"log map t={t}" for t in (det.t0 if len(det.t0) > 1 else ())]
+                        + ["log map combined (z)"],
             "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}}
 
 
@@ -605,6 +700,25 @@ def write_markdown(res, path):
         L += [f"| {k} | {fmt(v['image_auroc'])} | {fmt(v['pixel_auroc'])} | {fmt(v['aupro'])} |"
               for k, v in ih["downstream"].items()]
         L += [""]
+    if "image_pixel_head" in res:
+        pp, pc = res["image_pixel_head"], cfg.get("pixel_head", {})
+        L += ["## Magnetic tile: ImageDetector maps + pixel head (same split, generator, generated "
+              "defects and detector as above)", "",
+              f"Per-pixel features: {', '.join(pp['channels'])} (map channels standardised over the "
+              "normal training pixels). Head: the segmenter net (width "
+              f"{pc.get('width')}, {pc.get('steps')} steps, class-balanced BCE, horizontal flips) "
+              "trained on the normal training images (all-zero masks) vs each synthetic set with its "
+              "masks. Pixel score = z + softplus(logit), z = the standardised combined log map "
+              "(the \"none\" row); image score = mean of the top 10 pixel scores. Seconds: "
+              f"{_fmt_times(pp['times_s'])}.", "",
+              "| pixel head trained on | image AUROC | pixel AUROC | AUPRO |", "|---|---:|---:|---:|"]
+        L += [f"| {k} | {fmt(v['image_auroc'])} | {fmt(v['pixel_auroc'])} | {fmt(v['aupro'])} |"
+              for k, v in pp["downstream"].items()]
+        L += ["", "Diagnostic (the head's logit alone, without z):", "",
+              "| head | image AUROC | pixel AUROC | AUPRO |", "|---|---:|---:|---:|"]
+        L += [f"| {k} | {fmt(v['image_auroc'])} | {fmt(v['pixel_auroc'])} | {fmt(v['aupro'])} |"
+              for k, v in pp["diagnostic_head_only"].items()]
+        L += [""]
     for name, t in res.get("tables", {}).items():
         tc = cfg["table"]
         L += [f"## Table: ADBench {name} (semi-supervised protocol, {tc['num_labelled']} labelled "
@@ -653,8 +767,9 @@ def main(argv):
     cfg = generation_tiny.get_config() if quick else generation_magnetic_tile.get_config()
     parts = list(FLAGS.parts)
     for p in parts:
-        if p not in ("image", "image_head", "table", "series", "series_asd"):
-            raise ValueError(f"--parts takes image, image_head, table, series, series_asd; got {p!r}")
+        if p not in ("image", "image_head", "image_pixel_head", "table", "series", "series_asd"):
+            raise ValueError("--parts takes image, image_head, image_pixel_head, table, series, "
+                             f"series_asd; got {p!r}")
     if FLAGS.tables:
         cfg.table.datasets = tuple(FLAGS.tables)
     if FLAGS.table_seeds:
@@ -692,7 +807,8 @@ def main(argv):
         if not quick:
             write_markdown(res, out_md)
 
-    for part, run in (("image", run_image), ("image_head", run_image_head), ("series", run_series)):
+    for part, run in (("image", run_image), ("image_head", run_image_head),
+                      ("image_pixel_head", run_image_pixel_head), ("series", run_series)):
         if part in parts:
             res[part] = run(cfg, log)
             res["commands"][part] = cmd
@@ -723,7 +839,8 @@ if __name__ == "__main__":
     from absl import app, flags  # pylint: disable=import-outside-toplevel
     flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     flags.DEFINE_list("parts", ["image", "image_head", "table", "series"],
-                      "Parts to run: image, image_head, table, series.")
+                      "Parts to run: image, image_head, image_pixel_head, table, series, "
+                      "series_asd.")
     flags.DEFINE_list("tables", [], "ADBench tables (default: the config's).")
     flags.DEFINE_list("table_seeds", [], "Seeds of the table part (default: the config's).")
     flags.DEFINE_list("series_seeds", [], "Seeds of the series part (default: the config's).")

@@ -16,6 +16,9 @@ def get_config():
     # ImageDetector + head part: the detector of experiments/configs/image_magnetic_tile.py
     # (detector + denoise settings) with these overrides (none at full size).
     c.image_head = ml_collections.ConfigDict(dict(detector_overrides={}))
+    # Pixel-level head on the same detector's maps (image_pixel_head part): the segmenter net on
+    # [image, log map per denoise time, combined log map], trained like the segmenter above.
+    c.pixel_head = ml_collections.ConfigDict(dict(steps=600, batch_size=32, width=16, lr=2e-3))
     c.table = ml_collections.ConfigDict(dict(
         datasets=("cardio", "satellite"), seeds=(0, 1, 2), num_labelled=10, num_generated=500,
         train_steps=20000, guidance=2.0, clip_x0=5.0, max_train=20000))

@@ -16,7 +16,8 @@ def get_config():
     c.table.train_steps = 40
     c.table.num_generated = 50
     c.image_head.detector_overrides = dict(train_steps=20, base_channels=8, channel_mults=(1, 2),
-                                           groups=4, t0=(0.3,), repeats=1)
+                                           groups=4, t0=(0.2, 0.4), repeats=1)
+    c.pixel_head.steps = 20
     c.table.datasets = ("Stamps",)
     c.table.num_labelled = 5
     c.series.seeds = (0,)
