@@ -253,28 +253,6 @@ def test_skab_matches_loader(shared_data, tmp_path):
         np.testing.assert_array_equal(rec["labels"], ref.labels)
 
 
-@pytest.mark.data
-def test_asd_matches_loader(shared_data, tmp_path):
-    root = shared_data / "timeseries" / "asd"
-    _build(tb.Asd, None, tmp_path / "tfds", root)
-    src = tfds.data_source("asd", data_dir=str(tmp_path / "tfds"))
-    entities = timeseries.asd_entities(root)
-    assert len(src["train"]) == len(src["test"]) == len(entities) == 12
-    for i in (0, 11):
-        ref = timeseries.load_asd(root, entities[i])
-        tr, te = src["train"][i], src["test"][i]
-        assert _text(tr["series"]) == _text(te["series"]) == entities[i]
-        np.testing.assert_array_equal(tr["values"], ref.train)
-        np.testing.assert_array_equal(te["values"], ref.test)
-        np.testing.assert_array_equal(te["labels"], ref.labels)
-    # a stored series feeds the window pipeline unchanged
-    ds = timeseries.window_dataset(src["test"][0]["values"], length=16, stride=16)
-    np.testing.assert_array_equal(ds[1]["x"], timeseries.load_asd(root, entities[0]).test[16:32])
-
-
-# ------------------------------------------------------------------------------------------------
-# NAB (real data), SMD, SMAP/MSL, UCR (fake trees in the public layouts)
-# ------------------------------------------------------------------------------------------------
 def _assert_series(src, names, loads):
     """Record i of train/test is loader item i: name, values, labels (train labels all 0)."""
     assert len(src["train"]) == len(src["test"]) == len(names)
@@ -288,6 +266,22 @@ def _assert_series(src, names, loads):
         np.testing.assert_array_equal(tr["labels"], np.zeros(len(ref.train), np.int64))
 
 
+@pytest.mark.data
+def test_asd_matches_loader(shared_data, tmp_path):
+    root = shared_data / "timeseries" / "asd"
+    _build(tb.Asd, None, tmp_path / "tfds", root)
+    src = tfds.data_source("asd", data_dir=str(tmp_path / "tfds"))
+    entities = timeseries.asd_entities(root)
+    assert len(entities) == 12
+    _assert_series(src, entities, [timeseries.load_asd(root, e) for e in entities])
+    # a stored series feeds the window pipeline unchanged
+    ds = timeseries.window_dataset(src["test"][0]["values"], length=16, stride=16)
+    np.testing.assert_array_equal(ds[1]["x"], timeseries.load_asd(root, entities[0]).test[16:32])
+
+
+# ------------------------------------------------------------------------------------------------
+# NAB (real data), SMD, SMAP/MSL, UCR (fake trees in the public layouts)
+# ------------------------------------------------------------------------------------------------
 @pytest.mark.data
 def test_nab_matches_loader(shared_data, tmp_path):
     root = shared_data / "timeseries" / "nab"

@@ -405,6 +405,20 @@ def _series_example(name: str, values: np.ndarray, labels: Optional[np.ndarray])
     return {"series": name, "values": values, "labels": labels}
 
 
+def _split_examples(items: Sequence, load, split: str, *, name=str, check=None):
+    """(key, example) of one split for builders whose "train" and "test" records are the two
+    parts of the same series: `load(item)` -> SeriesSplit, `name(item)` its series name,
+    `check(name, data)` an optional validation of the loaded arrays."""
+    for key, item in enumerate(items):
+        data, series = load(item), name(item)
+        if check is not None:
+            check(series, data)
+        if split == "train":
+            yield key, _series_example(series, data.train, None)
+        else:
+            yield key, _series_example(series, data.test, data.labels)
+
+
 class Skab(tfds.core.GeneratorBasedBuilder):
     """SKAB: "train" = anomaly-free.csv (1 series), "test" = the 34 labelled runs (8 sensors)."""
 
@@ -467,12 +481,7 @@ class Asd(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(root, entities, s) for s in ("train", "test")}
 
     def _generate_examples(self, root, entities: Sequence[str], split: str):
-        for key, entity in enumerate(entities):
-            data = timeseries.load_asd(root, entity)
-            if split == "train":
-                yield key, _series_example(entity, data.train, None)
-            else:
-                yield key, _series_example(entity, data.test, data.labels)
+        return _split_examples(entities, lambda e: timeseries.load_asd(root, e), split)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -517,12 +526,7 @@ class Nab(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(root, series, s) for s in ("train", "test")}
 
     def _generate_examples(self, root, series: Sequence[str], split: str):
-        for key, name in enumerate(series):
-            data = timeseries.load_nab(root, name)
-            if split == "train":
-                yield key, _series_example(name, data.train, None)
-            else:
-                yield key, _series_example(name, data.test, data.labels)
+        return _split_examples(series, lambda s: timeseries.load_nab(root, s), split)
 
 
 class Smd(tfds.core.GeneratorBasedBuilder):
@@ -556,13 +560,8 @@ class Smd(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(root, machines, s) for s in ("train", "test")}
 
     def _generate_examples(self, root, machines: Sequence[str], split: str):
-        for key, machine in enumerate(machines):
-            data = timeseries.load_smd(root, machine)
-            _check_channels("smd", machine, data.train, self.CHANNELS)
-            if split == "train":
-                yield key, _series_example(machine, data.train, None)
-            else:
-                yield key, _series_example(machine, data.test, data.labels)
+        check = lambda m, data: _check_channels("smd", m, data.train, self.CHANNELS)
+        return _split_examples(machines, lambda m: timeseries.load_smd(root, m), split, check=check)
 
 
 @dataclasses.dataclass(eq=False)
@@ -625,14 +624,12 @@ class SmapMsl(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root, channels: Sequence[str], split: str):
         cfg = self.builder_config
-        for key, channel in enumerate(channels):
-            data = timeseries.load_smap_msl(root, channel)
-            _check_channels(f"smap_msl/{cfg.name}", channel, data.train, cfg.channels)
-            _check_channels(f"smap_msl/{cfg.name}", channel, data.test, cfg.channels)
-            if split == "train":
-                yield key, _series_example(channel, data.train, None)
-            else:
-                yield key, _series_example(channel, data.test, data.labels)
+
+        def check(channel, data):
+            for part in (data.train, data.test):
+                _check_channels(f"smap_msl/{cfg.name}", channel, part, cfg.channels)
+
+        return _split_examples(channels, lambda c: timeseries.load_smap_msl(root, c), split, check=check)
 
 
 def _ucr_files(root) -> list:
@@ -680,13 +677,7 @@ class Ucr(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(files, s) for s in ("train", "test")}
 
     def _generate_examples(self, files: Sequence[pathlib.Path], split: str):
-        for key, path in enumerate(files):
-            data = timeseries.load_ucr(path)
-            name = path.name[:-len(".txt")]
-            if split == "train":
-                yield key, _series_example(name, data.train, None)
-            else:
-                yield key, _series_example(name, data.test, data.labels)
+        return _split_examples(files, timeseries.load_ucr, split, name=lambda p: p.name[:-len(".txt")])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ class BaseDetector(BaseEstimator):
         of the unsupervised fit, plus the head's evidence log(1 + likelihood ratio) >= 0."""
         h = self.head_
         z = (np.asarray(scores, np.float64) - h["z_loc"]) / h["z_scale"]
-        return z + np.logaddexp(0.0, supervision.head_logits(h, features))
+        return supervision.combine(z, supervision.head_logits(h, features))
 
     def unsupervised_scores(self, X) -> np.ndarray:
         """Scores of X by the unsupervised model alone (decision_function when no head)."""

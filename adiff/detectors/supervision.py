@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["HEAD_HIDDEN", "HEAD_STEPS", "Head", "abstract_head", "fit_head", "head_logits"]
+__all__ = ["HEAD_HIDDEN", "HEAD_STEPS", "Head", "abstract_head", "combine", "fit_head", "head_logits"]
 
 HEAD_HIDDEN = (64, 64)
 HEAD_STEPS = 1000
@@ -145,6 +145,12 @@ def head_logits(head: Dict[str, Any], features: Any, *, batch: int = 8192) -> np
             chunk = np.concatenate([chunk, np.zeros((size - m, width), np.float32)])
         out[i:i + m] = np.asarray(_logits(params, jnp.asarray(chunk)), np.float64)[:m]
     return out
+
+
+def combine(z: Any, logits: Any) -> np.ndarray:
+    """The head rule: z + softplus(logit) = z + log(1 + likelihood ratio), for standardised
+    unsupervised scores z and head logits of the same shape (rows, steps or pixels)."""
+    return np.asarray(z, np.float64) + np.logaddexp(0.0, np.asarray(logits, np.float64))
 
 
 def abstract_head(width: int) -> Dict[str, Any]:

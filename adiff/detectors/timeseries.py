@@ -586,7 +586,8 @@ class TimeSeriesDetector(BaseDetector):
         source, n, _ = src
         l, half = self.window, self.window // 2
         n_win = n - l + 1
-        chunk = min(self._DTE_CHUNK, n_win)  # fixed query shape: one compilation per length
+        # fixed query shape, a power of two up to _DTE_CHUNK: a few compilations, not one per length
+        chunk = min(self._DTE_CHUNK, 1 << (n_win - 1).bit_length())
         kw = {"sde": sde_lib.VPSDE()} if self.dte_grid_ == "vpsde" else {}
         ref_masked = not bool(np.all(self.dte_observed_))
         out = np.empty(n)

@@ -262,7 +262,8 @@ def pixel_head_scores(features, logits):
     """The library's head rule per pixel: z + softplus(logit), z = the standardised combined
     log map (the last feature channel), so an anomaly kind the head never saw keeps the
     unsupervised evidence. features [N, H, W, F], logits [N, H, W] -> [N, H, W]."""
-    return features[..., -1] + np.logaddexp(0.0, np.asarray(logits, np.float64))
+    from adiff.detectors import supervision  # pylint: disable=import-outside-toplevel
+    return supervision.combine(features[..., -1], logits)
 
 
 def run_image_pixel_head(cfg, log):
