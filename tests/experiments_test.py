@@ -206,3 +206,16 @@ def test_multihost_two_processes_match_one(tmp_path):
     # Bit-identical final parameters (two-way all-reduce sums are order-independent).
     assert final_multi["params_sha256"] == final_single["params_sha256"] == multi["params_sha256"]
     assert final_multi["ema_params_sha256"] == final_single["ema_params_sha256"]
+
+
+def test_benchmark_overrides_are_checked():
+    """The session-7 benchmark flags: --train_steps_scale scales (and rejects a non-positive
+    factor), --missing_key must name one of the config's modalities (checked before any data)."""
+    from experiments.benchmarks import multimodal as mm_bench
+    from experiments.benchmarks import video as video_bench
+    assert video_bench._scaled_steps({"train_steps": 700, "seed": 1}, 3.0) == {"train_steps": 2100, "seed": 1}
+    assert video_bench._scaled_steps({"train_steps": 3}, 0.1)["train_steps"] == 1
+    with pytest.raises(ValueError, match="train_steps_scale"):
+        video_bench._scaled_steps({"train_steps": 700}, 0.0)
+    with pytest.raises(ValueError, match="--missing_key must name a modality"):
+        mm_bench.run_one("multimodal_mnist", pathlib.Path("/nonexistent"), 0, True, missing_key="audio")

@@ -59,6 +59,8 @@ def define_flags() -> None:
                       "detector (MultimodalDetector(attention=)); unset: the detector's default.")
     flags.DEFINE_enum("late_scale", None, ["z", "surprise"], "Late-fusion scale of the detector "
                       "(MultimodalDetector(late_scale=)); unset: the detector's default.")
+    flags.DEFINE_string("missing_key", None, "Modality dropped for the config's missing_fraction of the "
+                        "test samples (unset: the config's missing_key).")
     flags.DEFINE_boolean("merge", False, "Add this run's results to those already in the .json output "
                          "(same config and seed replaced) instead of starting afresh.")
 
@@ -121,8 +123,13 @@ def _drop(test, key, kind, frac, seed):
 
 
 def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: str | None = None,
-            late_scale: str | None = None) -> dict:
+            late_scale: str | None = None, missing_key: str | None = None) -> dict:
     cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
+    if missing_key is not None:
+        if missing_key not in cfg.modalities:
+            raise ValueError(f"--missing_key must name a modality of {name} "
+                             f"{sorted(cfg.modalities)}; got {missing_key!r}")
+        cfg.missing_key = missing_key
     if quick:
         tiny = importlib.import_module("experiments.configs.multimodal_tiny").get_config()
         cfg.detector = tiny.detector
@@ -261,7 +268,8 @@ def main(argv):
     results = list(old["results"])
     for name in FLAGS.configs:
         for seed in (int(s) for s in FLAGS.seeds):
-            res = run_one(name, root, seed, FLAGS.quick, FLAGS.attention, FLAGS.late_scale)
+            res = run_one(name, root, seed, FLAGS.quick, FLAGS.attention, FLAGS.late_scale,
+                          FLAGS.missing_key)
             results = [r for r in results if (r["name"], r.get("seed")) != (name, seed)] + [res]
             print(f"{name} seed {seed}: fit {res['fit_s']:.0f} s; "
                   + json.dumps({r: {k: round(v, 3) for k, v in a.items()} for r, a in res["auroc"].items()

@@ -33,16 +33,18 @@ from adiff.detectors.video import VideoDetector
 from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-_QUICK = _OUT = _SKIP_PED2 = None
+_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
-    global _QUICK, _OUT, _SKIP_PED2  # pylint: disable=global-statement
+    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
+    _STEPS_SCALE = flags.DEFINE_float("train_steps_scale", 1.0,
+                                      "Multiply both configs' detector train_steps by this factor.")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -149,11 +151,18 @@ def _name(kw: dict) -> str:
             f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')})")
 
 
-def run_ped2(quick: bool) -> dict:
+def _scaled_steps(kw: dict, scale: float) -> dict:
+    """kw with train_steps multiplied by `scale` (rounded; at least 1)."""
+    if scale <= 0:
+        raise ValueError(f"--train_steps_scale must be positive; got {scale}")
+    return dict(kw, train_steps=max(1, int(round(kw["train_steps"] * scale))))
+
+
+def run_ped2(quick: bool, steps_scale: float = 1.0) -> dict:
     cfg = video_ped2.get_config()
     size = tuple(cfg.size)
     train, test = load_split(cfg, seed=cfg.seed, max_frames=24 if quick else None)
-    kw = dict(cfg.detector)
+    kw = _scaled_steps(dict(cfg.detector), steps_scale)
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
     det = VideoDetector(seed=cfg.seed, **kw)
@@ -177,11 +186,11 @@ def run_ped2(quick: bool) -> dict:
             "clips": test.names, "detector": kw}
 
 
-def run_procedural(quick: bool) -> dict:
+def run_procedural(quick: bool, steps_scale: float = 1.0) -> dict:
     cfg = video_procedural.get_config()
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
-    kw = dict(cfg.detector)
+    kw = _scaled_steps(dict(cfg.detector), steps_scale)
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
     methods = {}
@@ -238,11 +247,11 @@ def main(argv):
     del argv
     t = time.time()
     command = "python -m experiments.benchmarks.video " + " ".join(sys.argv[1:])
-    proc = run_procedural(_QUICK.value)
+    proc = run_procedural(_QUICK.value, _STEPS_SCALE.value)
     print(json.dumps(proc["results"], indent=1), flush=True)
     ped2 = None
     if not _SKIP_PED2.value:
-        ped2 = run_ped2(_QUICK.value)
+        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value)
         print(json.dumps(ped2["results"], indent=1), flush=True)
     out = pathlib.Path(_OUT.value)
     _write(out, ped2, proc, command.strip(), time.time() - t)
