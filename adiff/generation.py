@@ -748,6 +748,53 @@ class AnomalyGenerator:
                                 masks=None if m is None else m.astype(np.uint8),
                                 labels=labels, label_names=self.label_names_)
 
+    def refine_masks(self, base: Any, output: GenerationOutput, *, quantile: float = 0.99,
+                     guidance: float = 2.0, num_steps: Optional[int] = None,
+                     seed: Optional[int] = None) -> Tuple[np.ndarray, float]:
+        """Masks of the pixels that a generated defect actually changed beyond normal variation.
+
+        `generate` marks its whole sampled region (an ellipse of the shape prior) as anomalous,
+        but the defect it paints need not fill it: the rest of the region is re-synthesised
+        normal texture, which a pixel-level model trained on these masks learns to call
+        anomalous. This inpaints the same bases inside the same regions with the "normal" label
+        (index 0), takes the per-pixel change |inpainted - base| (max over channels) inside the
+        regions as the null distribution of re-synthesising normal texture, and keeps the pixels
+        of each region whose change under the anomaly exceeds its `quantile`. Label-free: only
+        normal data and the generator are used.
+
+        Args:
+          base: the images [N, H, W, C] passed to `generate` (same order, N = len(output)).
+          output: the GenerationOutput of `generate(base=base, ...)`.
+          quantile: quantile of the null change that a kept pixel must exceed, in (0, 1).
+          guidance, num_steps, seed: of the null inpainting (default: generate's defaults with
+            seed = the constructor's seed + 2).
+
+        Returns:
+          (refined masks [N, H, W] uint8 (a subset of output.masks; may be empty for a sample
+          whose change stays within normal variation), the threshold on the [0, 1] scale).
+        """
+        self._check_fitted()
+        if self.modality != "image":
+            raise ValueError(f"refine_masks is for images; this generator's modality is "
+                             f"{self.modality!r}")
+        quantile = float(quantile)
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must lie in (0, 1), got {quantile!r}")
+        base = _as_float(base, "base", 4)
+        if output.masks is None or len(output.samples) != len(base) or output.masks.shape != base.shape[:3]:
+            raise ValueError("refine_masks needs the bases that generate() used (one per sample, same "
+                             f"shape) and its masks; got base {base.shape}, samples "
+                             f"{np.shape(output.samples)}, masks {np.shape(output.masks)}")
+        region = np.asarray(output.masks) > 0
+        if not region.any():
+            return region.astype(np.uint8), 0.0
+        null = self.generate(base=base, masks=output.masks, label=0, guidance=guidance,
+                             num_steps=num_steps, seed=self.seed + 2 if seed is None else seed)
+        ref = base / self.scale_
+        change = lambda x: np.max(np.abs(np.asarray(x, np.float32) - ref), axis=-1)  # [N, H, W]
+        tau = float(np.quantile(change(null.samples)[region], quantile))
+        return (region & (change(output.samples) > tau)).astype(np.uint8), tau
+
     # ---------------------------------------------------------------- persistence
     def get_params(self) -> dict:
         """The constructor parameters (JSON-able: tuples become lists)."""

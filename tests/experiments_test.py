@@ -219,3 +219,18 @@ def test_benchmark_overrides_are_checked():
         video_bench._scaled_steps({"train_steps": 700}, 0.0)
     with pytest.raises(ValueError, match="--missing_key must name a modality"):
         mm_bench.run_one("multimodal_mnist", pathlib.Path("/nonexistent"), 0, True, missing_key="audio")
+
+
+def test_image_benchmark_merges_magnetic_tile_seeds():
+    """--merge_mt keeps held seeds (older entries take their seed from the run's seed list), a
+    seed run again replaces its entry, and a held run of another size or length is refused."""
+    from experiments.benchmarks import image as image_bench
+    prev = {"size": 32, "train_steps": 1500, "seeds": [0, 3],
+            "magnetic_tile": [{"rows": "old0"}, {"rows": "old3", "seed": 3}]}
+    merged = image_bench.merge_mt_seeds(prev, 32, 1500, [{"rows": "new3", "seed": 3},
+                                                        {"rows": "new1", "seed": 1}])
+    assert [(e["seed"], e["rows"]) for e in merged] == [(0, "old0"), (1, "new1"), (3, "new3")]
+    with pytest.raises(ValueError, match="size 32 and 1500 steps"):
+        image_bench.merge_mt_seeds(prev, 64, 1500, [])
+    with pytest.raises(FileNotFoundError, match="--merge_mt"):
+        image_bench.merge_mt_seeds({}, 32, 1500, [])

@@ -67,6 +67,33 @@ def test_image_guidance_and_label_conditioning_change_samples(image_setup):
     np.testing.assert_array_equal(g3.masks, m)
 
 
+def test_refine_masks_keeps_only_changes_beyond_the_normal_null(image_setup):
+    gen, normal, masks = image_setup
+    base = normal[:4]
+    out = gen.generate(base=base, masks=masks, label="crack", guidance=2.0)
+    refined, tau = gen.refine_masks(base, out)
+    assert refined.shape == masks.shape and refined.dtype == np.uint8 and tau > 0
+    assert np.all(refined <= out.masks)  # a subset of the generated regions
+    # the null itself (label "normal", the null's own seed): only its own top 1% exceeds tau
+    null = gen.generate(base=base, masks=masks, label=0, guidance=2.0, seed=gen.seed + 2)
+    kept, tau_null = gen.refine_masks(base, null)
+    assert tau_null == tau and kept.sum() <= 0.011 * masks.sum() + 1
+    # a change beyond the threshold keeps the whole region (the tiny net's null is wide, so a
+    # low quantile sets the bar); no change keeps nothing
+    far = np.where(base / 255.0 > 0.5, 0.0, 1.0)  # the far end of [0, 1]: a change >= 0.5
+    loud = GenerationOutput(samples=np.where(masks[..., None] > 0, far, base / 255.0)
+                            .astype(np.float32), masks=masks, labels=out.labels)
+    kept_loud, tau_low = gen.refine_masks(base, loud, quantile=0.02)
+    assert tau_low < tau and tau_low < 0.5
+    assert np.array_equal(kept_loud, masks)
+    quiet = GenerationOutput(samples=(base / 255.0).astype(np.float32), masks=masks, labels=out.labels)
+    assert gen.refine_masks(base, quiet)[0].sum() == 0
+    with pytest.raises(ValueError, match="quantile"):
+        gen.refine_masks(base, out, quantile=1.0)
+    with pytest.raises(ValueError, match="bases that generate"):
+        gen.refine_masks(base[:3], out)
+
+
 def test_image_input_validation(image_setup):
     gen, normal, _ = image_setup
     with pytest.raises(ValueError, match="base"):

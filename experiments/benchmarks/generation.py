@@ -270,9 +270,10 @@ def run_image_pixel_head(cfg, log):
     """Pixel-level downstream gain: ImageDetector (as in run_image_head) + a per-pixel head (the
     Segmenter net, class-balanced BCE, flips) on [image, per-t log maps, combined log map],
     trained on the normal training images (mask 0) vs each set of synthetic anomalies with
-    their masks; pixel score z + softplus(logit)."""
+    their masks (the generated set twice: with the generator's regions and with the regions
+    narrowed by `AnomalyGenerator.refine_masks`); pixel score z + softplus(logit)."""
     from adiff.detectors import ImageDetector  # pylint: disable=import-outside-toplevel
-    normal, train_def, test, _, base, out, _, times = _image_setup(cfg, log)
+    normal, train_def, test, gen, base, out, _, times = _image_setup(cfg, log)
     kw = _image_detector_kwargs(cfg)
     t1 = time.time()
     det = ImageDetector(seed=cfg.seed, **kw).fit(normal)
@@ -282,8 +283,13 @@ def run_image_pixel_head(cfg, log):
     xt = test.images.astype(np.float32) / 255.0
     f_test, _ = pixel_features(det, xt, stats)
     cp_img, cp_mask = cut_paste(np.random.default_rng(cfg.seed + 7), base)
+    # the generated regions narrowed to the pixels changed beyond re-synthesised normal texture
+    refined, tau = gen.refine_masks(base, out, guidance=cfg.guidance)
+    kept = float(refined.sum() / max(int(np.asarray(out.masks).sum()), 1))
+    log(f"refined masks: threshold {tau:.3f}, {kept:.2f} of the generated regions kept")
     sets = {"cut-paste": (cp_img, cp_mask),
             "adiff generated": (out.samples, out.masks),
+            "adiff generated, refined masks": (out.samples, refined),
             "reference: real training third":
                 (train_def.images.astype(np.float32) / 255.0, train_def.masks)}
     feats = {k: (pixel_features(det, a.astype(np.float32), stats)[0], m) for k, (a, m) in sets.items()}
@@ -309,6 +315,7 @@ def run_image_pixel_head(cfg, log):
         log(f"{row}: {res[row]} (logit alone: {head_only[f'pixel head logit alone: {name}']}) "
             f"({times[f'head {name}']:.0f}s)")
     return {"downstream": res, "diagnostic_head_only": head_only, "times_s": times,
+            "refined_masks": {"threshold": tau, "kept_fraction": kept, "quantile": 0.99},
             "channels": ["image"] + [f"log map t={t}" for t in (det.t0 if len(det.t0) > 1 else ())]
                         + ["log map combined (z)"],
             "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}}
@@ -777,6 +784,10 @@ def main(argv):
         cfg.table.seeds = tuple(int(s) for s in FLAGS.table_seeds)
     if FLAGS.series_seeds:
         cfg.series.seeds = tuple(int(s) for s in FLAGS.series_seeds)
+    if FLAGS.image_seed is not None:  # split, generator, detector and heads of the image parts
+        cfg.seed = int(FLAGS.image_seed)
+    if FLAGS.artifacts:
+        ART["dir"] = pathlib.Path(FLAGS.artifacts)
     lines = []
 
     def log(s):
@@ -849,5 +860,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("asd_entities", 4, "Number of ASD entities of the series_asd part.")
     flags.DEFINE_bool("merge", False, "Keep the other parts' results from the previous JSON.")
     flags.DEFINE_string("out", str(OUT / "generation.md"), "Results markdown.")
+    flags.DEFINE_integer("image_seed", None, "Seed of the image parts (default: the config's).")
+    flags.DEFINE_string("artifacts", "", "Folder of the JSON and image artefacts (default: "
+                        "docs/results/generation); use another one for extra seeds.")
     FLAGS = flags.FLAGS
     app.run(main)

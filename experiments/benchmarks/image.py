@@ -58,6 +58,7 @@ _OUT = None
 _SKIP_MNIST = None
 _REUSE_MT = None
 _MERGE_MNIST = None
+_MERGE_MT = None
 _MNIST_JSON = None
 _PREFIX = None
 
@@ -67,7 +68,7 @@ def define_flags() -> None:
     can import this module's functions next to the other benchmark modules)."""
     # pylint: disable-next=global-statement
     global _QUICK, _SIZE, _SEEDS, _STEPS, _DIGITS, _MNIST_STEPS, _MNIST_PER_CLASS, _SUBSET, \
-        _SDE_STEPS, _OUT, _SKIP_MNIST, _REUSE_MT, _MERGE_MNIST, _MNIST_JSON, _PREFIX
+        _SDE_STEPS, _OUT, _SKIP_MNIST, _REUSE_MT, _MERGE_MNIST, _MERGE_MT, _MNIST_JSON, _PREFIX
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script, minutes).")
     _SIZE = flags.DEFINE_integer("size", 32, "Magnetic tile side in pixels (<= 64 on this CPU).")
     _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the Magnetic-tile split/training.")
@@ -88,6 +89,10 @@ def define_flags() -> None:
         "replaces its old row), add the digits run now, and write the MNIST table for every digit held. "
         "The held digits must have the same settings (seed, steps, test cap, configs). Without it the "
         "JSON holds only the digits run now. With --skip_mnist: rewrite the report from the JSON.")
+    _MERGE_MT = flags.DEFINE_bool(
+        "merge_mt", False, "Keep the Magnetic-tile seeds already held in the previous run's "
+        "results.json (beside the report; a seed run now replaces its old entry) and add the seeds "
+        "run now; the held seeds must have the same size and training steps.")
     _MNIST_JSON = flags.DEFINE_string(
         "mnist_json", "", "Per-digit MNIST results (default: beside --out, <stem>_mnist.json).")
     _PREFIX = flags.DEFINE_string(
@@ -345,6 +350,21 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
     return {"rows": rows, "ablation": ab_rows, "steps": step_rows, "n_train": int(len(train)),
             "n_test": int(len(test)), "n_anomalous": int(test.labels.sum()), "n_subset": int(n_sub),
             "train_seconds_gaussian": train_time}
+
+
+def merge_mt_seeds(prev: dict, size: int, steps: int, new: list) -> list:
+    """The Magnetic-tile per-seed entries of a previous results.json (`prev`) merged with `new`
+    (entries run now; a seed in both keeps the new one), sorted by seed. Held entries without a
+    "seed" key (older files) take theirs from prev["seeds"]. Raises if prev holds no Magnetic-tile
+    run or one with another size or number of training steps."""
+    if not prev.get("magnetic_tile"):
+        raise FileNotFoundError("--merge_mt needs a previous run's results.json with Magnetic-tile seeds")
+    if (int(prev["size"]), int(prev["train_steps"])) != (int(size), int(steps)):
+        raise ValueError(f"--merge_mt: the held run used size {prev['size']} and {prev['train_steps']} "
+                         f"steps; this run uses size {size} and {steps} steps")
+    held = [dict(e, seed=int(e.get("seed", s))) for e, s in zip(prev["magnetic_tile"], prev["seeds"])]
+    run_now = {e["seed"] for e in new}
+    return sorted([e for e in held if e["seed"] not in run_now] + list(new), key=lambda e: e["seed"])
 
 
 def _score_defaults(base: dict) -> dict:
@@ -637,7 +657,12 @@ def main(argv):
                "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
                           f"jax {jax.__version__}", "magnetic_tile": []}
     prev_path = fig_dir / "results.json"
-    prev = json.loads(prev_path.read_text()) if (_REUSE_MT.value or _SKIP_MNIST.value) and prev_path.exists() else {}
+    prev = (json.loads(prev_path.read_text())
+            if (_REUSE_MT.value or _SKIP_MNIST.value or _MERGE_MT.value) and prev_path.exists() else {})
+    if _REUSE_MT.value and _MERGE_MT.value:
+        raise ValueError("--reuse_mt runs no Magnetic-tile seed; --merge_mt adds seeds: pick one")
+    if _MERGE_MT.value and not quick:  # fail before any training on a mismatched held run
+        merge_mt_seeds(prev, size, steps, [])
     if _REUSE_MT.value:
         if not prev:
             raise FileNotFoundError(f"--reuse_mt needs a previous run's {prev_path}")
@@ -650,9 +675,17 @@ def main(argv):
         seeds = results["seeds"]
     else:
         for seed in seeds:
-            results["magnetic_tile"].append(run_magnetic_tile(seed, cfg, size, steps, quick, fig_dir))
+            results["magnetic_tile"].append(dict(run_magnetic_tile(seed, cfg, size, steps, quick, fig_dir),
+                                                 seed=seed))
         results["mt_command"] = _command()
         results["mt_wall_minutes"] = (time.perf_counter() - t_all) / 60.0
+        if _MERGE_MT.value and not quick:
+            results["magnetic_tile"] = merge_mt_seeds(prev, size, steps, results["magnetic_tile"])
+            kept = [e for e in results["magnetic_tile"] if e["seed"] not in seeds]
+            results["seeds"] = seeds = [e["seed"] for e in results["magnetic_tile"]]
+            if kept:
+                results["mt_command"] = prev["mt_command"] + "\n" + results["mt_command"]
+                results["mt_wall_minutes"] += float(prev.get("mt_wall_minutes", 0.0))
 
     mnist_steps = 30 if quick else _MNIST_STEPS.value
     per_class = 50 if quick else _MNIST_PER_CLASS.value
