@@ -217,6 +217,8 @@ def test_benchmark_overrides_are_checked():
     assert video_bench._scaled_steps({"train_steps": 3}, 0.1)["train_steps"] == 1
     with pytest.raises(ValueError, match="train_steps_scale"):
         video_bench._scaled_steps({"train_steps": 700}, 0.0)
+    with pytest.raises(ValueError, match="--ped2_size must be H,W"):
+        video_bench.run_ped2(True, 1.0, ["64"])
     with pytest.raises(ValueError, match="--missing_key must name a modality"):
         mm_bench.run_one("multimodal_mnist", pathlib.Path("/nonexistent"), 0, True, missing_key="audio")
 

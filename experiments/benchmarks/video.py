@@ -33,18 +33,20 @@ from adiff.detectors.video import VideoDetector
 from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = None
+_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
-    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE  # pylint: disable=global-statement
+    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
     _STEPS_SCALE = flags.DEFINE_float("train_steps_scale", 1.0,
                                       "Multiply both configs' detector train_steps by this factor.")
+    _PED2_SIZE = flags.DEFINE_list("ped2_size", [], "Ped2 frame size H,W (default: the config's).")
+    _SKIP_PROC = flags.DEFINE_bool("skip_procedural", False, "Only Ped2.")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -158,8 +160,13 @@ def _scaled_steps(kw: dict, scale: float) -> dict:
     return dict(kw, train_steps=max(1, int(round(kw["train_steps"] * scale))))
 
 
-def run_ped2(quick: bool, steps_scale: float = 1.0) -> dict:
+def run_ped2(quick: bool, steps_scale: float = 1.0, size=None) -> dict:
     cfg = video_ped2.get_config()
+    if size:
+        size = tuple(int(v) for v in size)
+        if len(size) != 2 or min(size) < 8:
+            raise ValueError(f"--ped2_size must be H,W with both >= 8; got {size}")
+        cfg.size = size
     size = tuple(cfg.size)
     train, test = load_split(cfg, seed=cfg.seed, max_frames=24 if quick else None)
     kw = _scaled_steps(dict(cfg.detector), steps_scale)
@@ -206,7 +213,7 @@ def run_procedural(quick: bool, steps_scale: float = 1.0) -> dict:
             "num_test_per_type": n_test, "num_frames": n_frames, "detector": kw}
 
 
-def _write(out: pathlib.Path, ped2: dict | None, proc: dict, command: str, total_s: float) -> None:
+def _write(out: pathlib.Path, ped2: dict | None, proc: dict | None, command: str, total_s: float) -> None:
     lines = ["# Video anomaly detection results", "",
              f"Command: `{command}` (seed 0; {platform.processor() or platform.machine()}, "
              f"jax {jax.__version__}, CPU, 2 cores shared). Total {total_s / 60:.1f} min.", "",
@@ -227,6 +234,10 @@ def _write(out: pathlib.Path, ped2: dict | None, proc: dict, command: str, total
             lines.append(f"| {name} | {r['raw']:.3f} | {r['clip_normalised']:.3f} | " +
                          " | ".join(f"{v:.3f}" for v in r["per_clip"]) + " |")
         lines.append("")
+    if proc is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+        return
     lines += ["## Procedural motion set", "",
               f"adiff.data.video.procedural_benchmark(seed=0): {proc['num_train']} normal training clips, "
               f"test {proc['num_test_per_type']} normal clips + {proc['num_test_per_type']} per anomaly type, "
@@ -247,11 +258,14 @@ def main(argv):
     del argv
     t = time.time()
     command = "python -m experiments.benchmarks.video " + " ".join(sys.argv[1:])
-    proc = run_procedural(_QUICK.value, _STEPS_SCALE.value)
-    print(json.dumps(proc["results"], indent=1), flush=True)
-    ped2 = None
+    if _SKIP_PED2.value and _SKIP_PROC.value:
+        raise app.UsageError("--skip_ped2 and --skip_procedural leave nothing to run")
+    proc = ped2 = None
+    if not _SKIP_PROC.value:
+        proc = run_procedural(_QUICK.value, _STEPS_SCALE.value)
+        print(json.dumps(proc["results"], indent=1), flush=True)
     if not _SKIP_PED2.value:
-        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value)
+        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value)
         print(json.dumps(ped2["results"], indent=1), flush=True)
     out = pathlib.Path(_OUT.value)
     _write(out, ped2, proc, command.strip(), time.time() - t)
