@@ -288,7 +288,8 @@ class AnomalyGenerator:
                  p_uncond: float = 0.2, num_steps: int = 50, width: int = 32,
                  channel_mults: Tuple[int, ...] = (1, 2), groups: int = 8,
                  anomaly_fraction: float = 0.5, ref_scale: float = 2.5,
-                 segment_fraction: Tuple[float, float] = (0.1, 0.3), verbose: bool = False):
+                 segment_fraction: Tuple[float, float] = (0.1, 0.3), context: bool = False,
+                 verbose: bool = False):
         """Creates an unfitted generator.
 
         Args:
@@ -310,6 +311,11 @@ class AnomalyGenerator:
           ref_scale: std (standardised units) of the Gaussian reference of the unsupervised table
             mode.
           segment_fraction: (min, max) anomalous segment length as a fraction of a series window.
+          context: images and series: also condition the denoiser on the clean input outside
+            the region (zeros inside it), as inpainting models do, so that what it paints
+            continues its surroundings; without it the surroundings enter only through the
+            sampler's known-region replacement, which leaves a seam (see `refine_masks`).
+            No effect on tables.
           verbose: print training progress.
         """
         if modality not in MODALITIES:
@@ -331,6 +337,9 @@ class AnomalyGenerator:
         self.channel_mults, self.groups = tuple(channel_mults), int(groups)
         self.anomaly_fraction, self.ref_scale = float(anomaly_fraction), float(ref_scale)
         self.segment_fraction = tuple(segment_fraction)
+        if not isinstance(context, (bool, np.bool_)):
+            raise TypeError(f"context must be a bool, got {type(context).__name__} {context!r}")
+        self.context = bool(context)
         self.verbose = verbose
         self.sde = sde_lib.VPSDE()
         self._fitted = False
@@ -368,12 +377,19 @@ class AnomalyGenerator:
         return jnp.broadcast_to(oh.reshape((oh.shape[0],) + (1,) * len(spatial) + (oh.shape[-1],)),
                                 (oh.shape[0],) + spatial + (oh.shape[-1],))
 
-    def _cond(self, mask: Optional[Array], labels: Array, x: Array) -> Array:
+    def _cond(self, mask: Optional[Array], labels: Array, x: Array,
+              known: Optional[Array] = None) -> Array:
+        """Conditioning channels: [mask, (context: clean input outside the mask,) one-hot label].
+        `known` is the clean input (default x itself, as in training on clean samples)."""
         spatial = x.shape[1:-1]
         oh = self._onehot(labels, spatial)
         if mask is None:
             return oh
-        return jnp.concatenate([mask[..., None].astype(x.dtype), oh.astype(x.dtype)], axis=-1)
+        parts = [mask[..., None].astype(x.dtype)]
+        if getattr(self, "context", False):
+            ref = x if known is None else known
+            parts.append((ref * (1.0 - mask[..., None])).astype(x.dtype))
+        return jnp.concatenate(parts + [oh.astype(x.dtype)], axis=-1)
 
     def _make_net(self, channels: int) -> nn.Module:
         if self.modality == "image":
@@ -567,12 +583,13 @@ class AnomalyGenerator:
         self._sample_fns = {}
 
     # ---------------------------------------------------------------- generate
-    def _eps(self, params, x, t, mask, lab):
+    def _eps(self, params, x, t, mask, lab, known=None):
         null = jnp.full_like(lab, self.num_labels)
         xx = jnp.concatenate([x, x])
         tt = jnp.concatenate([t, t])
         mm = None if mask is None else jnp.concatenate([mask, mask])
-        cond = self._cond(mm, jnp.concatenate([lab, null]), xx)
+        kk = None if known is None else jnp.concatenate([known, known])
+        cond = self._cond(mm, jnp.concatenate([lab, null]), xx, kk)
         out = self.net_.apply(params, xx, tt, cond)
         return out[: x.shape[0]], out[x.shape[0]:]
 
@@ -586,7 +603,7 @@ class AnomalyGenerator:
         def run(params, x_start, mask, known, lab, w, key):
             def guided_score(x, t):
                 sigma = sde_lib.broadcast_to_x(sde.sigma(t), x)
-                e_c, e_u = self._eps(params, x, t, mask, lab)
+                e_c, e_u = self._eps(params, x, t, mask, lab, known)
                 if unsupervised:  # guide a broad Gaussian reference away from the normal score
                     alpha = sde_lib.broadcast_to_x(sde.alpha(t), x)
                     s_ref = -x / (alpha ** 2 * ref2 + sigma ** 2)

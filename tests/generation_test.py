@@ -274,6 +274,28 @@ def test_save_load_reproduces_generate_bit_for_bit(fitted_case, tmp_path):
     assert np.abs(other.samples - a.samples).max() > 1e-4
 
 
+def test_context_generator_sees_the_surroundings_and_round_trips(image_setup, tmp_path):
+    _, normal, masks = image_setup
+    gen = AnomalyGenerator(modality="image", seed=0, channel_mults=(1,), context=True, **TINY).fit(
+        normal, anomalies=normal[:4], masks=masks, labels=["crack", "hole", "crack", "hole"])
+    x = np.random.default_rng(3).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    cond = np.asarray(gen._cond(masks.astype(np.float32), np.ones(4, np.int32), x))
+    assert cond.shape[-1] == 1 + 1 + gen.num_labels + 1  # mask, context, one-hot with null
+    inside = masks > 0
+    np.testing.assert_array_equal(cond[..., 1][inside], 0.0)  # nothing of the region leaks in
+    np.testing.assert_allclose(cond[..., 1][~inside], x[..., 0][~inside])
+    out = gen.generate(base=normal[:4], masks=masks, label="crack", seed=5)
+    np.testing.assert_allclose(out.samples[..., 0][~inside], normal[:4, ..., 0][~inside] / 255.0, atol=1e-6)
+    assert gen.get_params()["context"] is True
+    gen.save(tmp_path / "g")
+    loaded = AnomalyGenerator.load(tmp_path / "g")
+    assert loaded.context is True
+    np.testing.assert_array_equal(loaded.generate(base=normal[:4], masks=masks, label="crack", seed=5).samples,
+                                  out.samples)
+    with pytest.raises(TypeError, match="context must be a bool"):
+        AnomalyGenerator(modality="image", context="yes")
+
+
 def _edit(src, dst, change):
     import shutil
     shutil.copytree(src, dst)

@@ -171,7 +171,8 @@ def _image_setup(cfg, log):
                            batch_size=g.batch_size, learning_rate=g.learning_rate,
                            ema_decay=g.ema_decay, p_uncond=g.p_uncond, num_steps=g.num_steps,
                            width=g.width, channel_mults=tuple(g.channel_mults), groups=g.groups,
-                           anomaly_fraction=g.anomaly_fraction, verbose=True)
+                           anomaly_fraction=g.anomaly_fraction, context=bool(g.get("context", False)),
+                           verbose=True)
     t1 = time.time()
     gen.fit(normal, anomalies=train_def.images.astype(np.float32) / 255.0, masks=train_def.masks,
             labels=list(train_def.kinds))
@@ -784,6 +785,8 @@ def main(argv):
         cfg.table.seeds = tuple(int(s) for s in FLAGS.table_seeds)
     if FLAGS.series_seeds:
         cfg.series.seeds = tuple(int(s) for s in FLAGS.series_seeds)
+    if FLAGS.generator_context:
+        cfg.generator.context = True
     if FLAGS.image_seed is not None:  # split, generator, detector and heads of the image parts
         cfg.seed = int(FLAGS.image_seed)
     if FLAGS.artifacts:
@@ -860,6 +863,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("asd_entities", 4, "Number of ASD entities of the series_asd part.")
     flags.DEFINE_bool("merge", False, "Keep the other parts' results from the previous JSON.")
     flags.DEFINE_string("out", str(OUT / "generation.md"), "Results markdown.")
+    flags.DEFINE_bool("generator_context", False, "Image generator conditioned on the clean "
+                      "surroundings of the region (AnomalyGenerator(context=True)).")
     flags.DEFINE_integer("image_seed", None, "Seed of the image parts (default: the config's).")
     flags.DEFINE_string("artifacts", "", "Folder of the JSON and image artefacts (default: "
                         "docs/results/generation); use another one for extra seeds.")
