@@ -777,11 +777,10 @@ class AnomalyGenerator:
         (index 0), takes the per-pixel change |inpainted - base| (max over channels) inside the
         regions as the null distribution of re-synthesising normal texture, and keeps the pixels
         of each region whose change under the anomaly exceeds its `quantile`. Label-free: only
-        normal data and the generator are used. The threshold is also a diagnostic of the
-        inpainting itself: a large one means that even normal-label inpainting leaves a seam
-        at the region (Magnetic tile, 32 px, docs/results/generation_notes.md, session 7: 0.78
-        of the grey range, 0.8% of the regions kept, so refined masks did not help a pixel
-        head trained on them there).
+        normal data and the generator are used. Where re-synthesised normal texture itself
+        differs a lot from the base pixel by pixel, the threshold is high and little is kept
+        (Magnetic tile, 32 px, docs/results/generation_notes.md, session 7: 0.78 of the grey
+        range, under 1% of the regions kept, and refined masks did not help a pixel head there).
 
         Args:
           base: the images [N, H, W, C] passed to `generate` (same order, N = len(output)).
