@@ -314,8 +314,9 @@ class AnomalyGenerator:
           context: images and series: also condition the denoiser on the clean input outside
             the region (zeros inside it), as inpainting models do, so that what it paints
             continues its surroundings; without it the surroundings enter only through the
-            sampler's known-region replacement, which leaves a seam (see `refine_masks`).
-            No effect on tables.
+            sampler's known-region replacement. On Magnetic tile (seed 0) it made generated
+            defects better teachers of where a defect is (docs/results/generation_notes.md,
+            session 7); not the default yet. No effect on tables.
           verbose: print training progress.
         """
         if modality not in MODALITIES:
