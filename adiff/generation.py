@@ -387,7 +387,7 @@ class AnomalyGenerator:
         if mask is None:
             return oh
         parts = [mask[..., None].astype(x.dtype)]
-        if getattr(self, "context", False):
+        if self.context:
             ref = x if known is None else known
             parts.append((ref * (1.0 - mask[..., None])).astype(x.dtype))
         return jnp.concatenate(parts + [oh.astype(x.dtype)], axis=-1)

@@ -285,7 +285,8 @@ def run_image_pixel_head(cfg, log):
     f_test, _ = pixel_features(det, xt, stats)
     cp_img, cp_mask = cut_paste(np.random.default_rng(cfg.seed + 7), base)
     # the generated regions narrowed to the pixels changed beyond re-synthesised normal texture
-    refined, tau = gen.refine_masks(base, out, guidance=cfg.guidance)
+    refine_q = 0.99  # fixed before the first run (docs/results/generation_notes.md, session 7)
+    refined, tau = gen.refine_masks(base, out, quantile=refine_q, guidance=cfg.guidance)
     kept = float(refined.sum() / max(int(np.asarray(out.masks).sum()), 1))
     log(f"refined masks: threshold {tau:.3f}, {kept:.2f} of the generated regions kept")
     sets = {"cut-paste": (cp_img, cp_mask),
@@ -316,7 +317,7 @@ def run_image_pixel_head(cfg, log):
         log(f"{row}: {res[row]} (logit alone: {head_only[f'pixel head logit alone: {name}']}) "
             f"({times[f'head {name}']:.0f}s)")
     return {"downstream": res, "diagnostic_head_only": head_only, "times_s": times,
-            "refined_masks": {"threshold": tau, "kept_fraction": kept, "quantile": 0.99},
+            "refined_masks": {"threshold": tau, "kept_fraction": kept, "quantile": refine_q},
             "channels": ["image"] + [f"log map t={t}" for t in (det.t0 if len(det.t0) > 1 else ())]
                         + ["log map combined (z)"],
             "detector": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}}

@@ -234,22 +234,19 @@ def _write(out: pathlib.Path, ped2: dict | None, proc: dict | None, command: str
             lines.append(f"| {name} | {r['raw']:.3f} | {r['clip_normalised']:.3f} | " +
                          " | ".join(f"{v:.3f}" for v in r["per_clip"]) + " |")
         lines.append("")
-    if proc is None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n")
-        return
-    lines += ["## Procedural motion set", "",
-              f"adiff.data.video.procedural_benchmark(seed=0): {proc['num_train']} normal training clips, "
-              f"test {proc['num_test_per_type']} normal clips + {proc['num_test_per_type']} per anomaly type, "
-              f"{proc['num_frames']} frames of {proc['size']} x {proc['size']} px. AUROC per type over "
-              f"the frames of the normal test clips and that type's clips. adiff fit "
-              f"{proc['fit_seconds']:.0f} s. Detector: `{proc['detector']}`.", "",
-              "| method | " + " | ".join(video_data.ANOMALY_TYPES) + " | all |",
-              "|---|" + "---:|" * (len(video_data.ANOMALY_TYPES) + 1)]
-    for name, r in proc["results"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in video_data.ANOMALY_TYPES)
-                     + f" | {r['all']:.3f} |")
-    lines.append("")
+    if proc is not None:
+        lines += ["## Procedural motion set", "",
+                  f"adiff.data.video.procedural_benchmark(seed=0): {proc['num_train']} normal training clips, "
+                  f"test {proc['num_test_per_type']} normal clips + {proc['num_test_per_type']} per anomaly type, "
+                  f"{proc['num_frames']} frames of {proc['size']} x {proc['size']} px. AUROC per type over "
+                  f"the frames of the normal test clips and that type's clips. adiff fit "
+                  f"{proc['fit_seconds']:.0f} s. Detector: `{proc['detector']}`.", "",
+                  "| method | " + " | ".join(video_data.ANOMALY_TYPES) + " | all |",
+                  "|---|" + "---:|" * (len(video_data.ANOMALY_TYPES) + 1)]
+        for name, r in proc["results"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in video_data.ANOMALY_TYPES)
+                         + f" | {r['all']:.3f} |")
+        lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 
