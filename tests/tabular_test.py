@@ -210,3 +210,49 @@ def test_robust_network_paradigm_trains_with_trimming_and_round_trips(tmp_path):
     assert np.isfinite(s_robust).all() and robust.reference_keep_ is None  # no k-NN reference here
     robust.save(tmp_path / "n")
     np.testing.assert_array_equal(adiff.load(tmp_path / "n").decision_function(x_test), s_robust)
+
+
+# ------------------------------------------------------------------------------------------------
+# ensemble members
+# ------------------------------------------------------------------------------------------------
+def _two_blobs(seed=0):
+    rng = np.random.default_rng(seed)
+    x_train = rng.normal(size=(200, 3)).astype(np.float32)
+    x_test = np.concatenate([rng.normal(size=(60, 3)), rng.normal(size=(20, 3)) + 4.0]).astype(np.float32)
+    return x_train, x_test, np.r_[np.zeros(60), np.ones(20)]
+
+
+def test_ensemble_members_select_models_and_average_training_ranks(tmp_path):
+    x_train, x_test, y = _two_blobs()
+    det = adiff.TabularDetector(scoring="ensemble", ensemble_members=("dte_np", "score_norm"),
+                                ensemble_normalizer="robust", seed=0, **TINY).fit(x_train)
+    assert set(det.model_) == {"score"} and set(det.normalizers_) == {"dte_np", "score_norm"}
+    s = det.decision_function(x_test)
+    parts = [np.asarray(scoring.normalize(det.normalizers_[n], det._paradigm(n, *det._prepare(x_test, fitting=False))))
+             for n in ("dte_np", "score_norm")]
+    np.testing.assert_allclose(s, np.mean(parts, 0), rtol=1e-5)
+    assert metrics.auroc(y, s) > 0.9  # robust z-scores keep how far beyond the training range
+    det.save(tmp_path / "e")
+    back = adiff.load(tmp_path / "e")
+    assert back.get_params()["ensemble_members"] == ("dte_np", "score_norm")
+    assert back.get_params()["ensemble_normalizer"] == "robust"
+    np.testing.assert_array_equal(back.decision_function(x_test), s)
+    default = adiff.TabularDetector(scoring="ensemble", seed=0, **TINY).fit(x_train)
+    assert set(default.model_) == {"score", "dte"}
+    assert set(default.normalizers_) == set(tabular_lib.DEFAULT_ENSEMBLE)
+    default.save(tmp_path / "d")  # rank normalisers keep their sorted training scores
+    np.testing.assert_array_equal(adiff.load(tmp_path / "d").decision_function(x_test),
+                                  default.decision_function(x_test))
+
+
+@pytest.mark.parametrize("members", [("dte_np",), ("dte_np", "dte_np"), ("dte_np", "ensemble"),
+                                     ("dte_np", "magic"), "dte_np"])
+def test_ensemble_members_are_validated(members):
+    x_train, _, _ = _two_blobs()
+    with pytest.raises(ValueError):
+        adiff.TabularDetector(scoring="ensemble", ensemble_members=members, **TINY).fit(x_train)
+
+
+def test_ensemble_normalizer_is_validated():
+    with pytest.raises(ValueError, match="ensemble_normalizer"):
+        adiff.TabularDetector(scoring="ensemble", ensemble_normalizer="minmax", **TINY).fit(_two_blobs()[0])

@@ -13,7 +13,10 @@ Scoring paradigms (`scoring=`):
 - "density": -log p(x) through the probability-flow ODE (exact divergence).
 - "score_norm": ||sigma_t s(x, t)|| averaged over a grid of t.
 - "imputation": hide entries, impute them with the masked solver, error on the hidden entries.
-- "ensemble": rank-normalised (on training scores) mean of "dte", "dte_np" and "reconstruction".
+- "ensemble": mean of the paradigms in `ensemble_members` (default "dte", "dte_np" and
+  "reconstruction"), each normalised on its training scores (`ensemble_normalizer`: "rank", the
+  default, or "robust" / "zscore"; a rank is capped at 1 beyond the largest training score, so
+  it cannot order anomalies that lie beyond the training range, which the z-scores can).
 
 Missing values: entries that are NaN/None/pd.NA are masked; the score network sees the mask as a
 conditioning input and the DSM loss ignores masked entries; random feature masking during training
@@ -57,8 +60,9 @@ from adiff.nets.mlp import ResidualMLP
 from adiff.training import trainer
 
 SCORINGS = ("dte", "dte_np", "reconstruction", "density", "score_norm", "imputation", "ensemble")
-_NEEDS_SCORE_MODEL = ("reconstruction", "density", "score_norm", "imputation", "ensemble")
-_NEEDS_DTE_MODEL = ("dte", "ensemble")
+_NEEDS_SCORE_MODEL = ("reconstruction", "density", "score_norm", "imputation")
+_NEEDS_DTE_MODEL = ("dte",)
+DEFAULT_ENSEMBLE = ("dte", "dte_np", "reconstruction")
 
 # Robust mode: share of steps trained on the plain loss before trimming starts, and the size of the
 # reference sample used to score training rows for rejection ("dte_np").
@@ -101,6 +105,10 @@ class TabularDetector(BaseDetector):
         rejection of the k-NN reference set for "dte_np"; see the module docstring).
       robust_fraction: share of training rows treated as anomalous in robust mode, in (0, 0.5];
         None uses `contamination`.
+      ensemble_members: the paradigms that scoring="ensemble" averages (two or more distinct
+        names of SCORINGS other than "ensemble"); unused by the other scorings.
+      ensemble_normalizer: how each member's score is normalised on the training scores before
+        averaging, one of adiff.scoring.NORMALIZERS ("rank", "robust", "zscore").
       missing_distance: k-NN distance of "dte_np" with missing entries: "expected" (default),
         "shared" (see `adiff.scoring.dte_nonparametric`) or "zero" (zero-filled encoded values,
         i.e. mean imputation of standardised numerics; the behaviour before masks). No effect
@@ -115,7 +123,9 @@ class TabularDetector(BaseDetector):
                  t0: Sequence[float] = (0.1, 0.3), solver_steps: int = 10, k: int = 5,
                  mask_rate: float = 0.0, score_batch_size: int = 2048, verbose: bool = False,
                  robust: bool = False, robust_fraction: float | None = None,
-                 missing_distance: str = "expected"):
+                 missing_distance: str = "expected",
+                 ensemble_members: Sequence[str] = DEFAULT_ENSEMBLE,
+                 ensemble_normalizer: str = "rank"):
         self.scoring = scoring
         self.contamination = contamination
         self.seed = seed
@@ -138,6 +148,8 @@ class TabularDetector(BaseDetector):
         self.robust = robust
         self.robust_fraction = robust_fraction
         self.missing_distance = missing_distance
+        self.ensemble_members = ensemble_members  # stored as given (sklearn's clone checks identity)
+        self.ensemble_normalizer = ensemble_normalizer
 
     # -- validation / preprocessing ------------------------------------------------------------
     def _check_params(self) -> None:
@@ -156,6 +168,18 @@ class TabularDetector(BaseDetector):
         validation.check_choice(self.missing_distance, ("expected", "shared", "zero"), name="missing_distance")
         if self.robust_fraction is not None:
             validation.check_fraction(self.robust_fraction, name="robust_fraction", low=0.0, high=0.5)
+        members = self.ensemble_members
+        if isinstance(members, str) or len(members) < 2 or len(set(members)) != len(members):
+            raise ValueError("ensemble_members must be a sequence of two or more distinct scorings, "
+                             f"got {members!r}")
+        for m in members:
+            validation.check_choice(m, tuple(s for s in SCORINGS if s != "ensemble"),
+                                    name="ensemble_members entry")
+        validation.check_choice(self.ensemble_normalizer, scoring.NORMALIZERS, name="ensemble_normalizer")
+
+    def _members(self) -> tuple:
+        """The paradigms this detector computes: the ensemble's members, or the scoring itself."""
+        return tuple(self.ensemble_members) if self.scoring == "ensemble" else (self.scoring,)
 
     def _robust_share(self) -> float:
         return float(self.contamination if self.robust_fraction is None else self.robust_fraction)
@@ -263,21 +287,21 @@ class TabularDetector(BaseDetector):
         values, observed = data
         self.n_features_in_ = len(self.encoder_.columns)
         self.model_ = {}
-        if self.scoring in _NEEDS_SCORE_MODEL:
+        if any(m in _NEEDS_SCORE_MODEL for m in self._members()):
             self.model_["score"] = self._fit_score_model(values, observed)
-        if self.scoring in _NEEDS_DTE_MODEL:
+        if any(m in _NEEDS_DTE_MODEL for m in self._members()):
             self.model_["dte"] = self._fit_dte_model(values, observed)
         self.train_values_ = values  # kept for the non-parametric DTE (k-NN) and normalisers
         self.train_observed_ = observed
         self.reference_keep_ = None  # robust "dte_np": which training rows stay in the reference set
-        if self.robust and self.scoring in ("dte_np", "ensemble"):
+        if self.robust and "dte_np" in self._members():
             self.reference_keep_ = self._reject(values, observed)
         self._scorers = {}
         if self.scoring == "ensemble":
             self.normalizers_ = {}
-            for name in ("dte", "dte_np", "reconstruction"):
+            for name in self._members():
                 self.normalizers_[name] = scoring.fit_normalizer(
-                    self._paradigm(name, values, observed, training=True), method="rank")
+                    self._paradigm(name, values, observed, training=True), method=self.ensemble_normalizer)
 
     def _masks(self, observed_train: np.ndarray, observed: np.ndarray) -> dict:
         """Keyword arguments of dte_nonparametric for the configured missing_distance."""
@@ -403,7 +427,7 @@ class TabularDetector(BaseDetector):
         values, observed = data
         if self.scoring == "ensemble":
             parts = [scoring.normalize(self.normalizers_[n], self._paradigm(n, values, observed, training=training))
-                     for n in ("dte", "dte_np", "reconstruction")]
+                     for n in self._members()]
             return np.mean(np.stack([np.asarray(p) for p in parts]), axis=0)
         return self._paradigm(self.scoring, values, observed, training=training)
 
@@ -424,7 +448,12 @@ class TabularDetector(BaseDetector):
                   "train_observed": self.train_observed_,
                   "nets": jax.tree.map(np.asarray, self.model_)}
         if self.scoring == "ensemble":
-            arrays["normalizers"] = {k: jax.tree.map(np.asarray, v) for k, v in self.normalizers_.items()}
+            # loc/scale, plus the sorted training scores for "rank" (orbax cannot store the empty
+            # reference of the z-score normalisers); same key paths as a saved Normalizer.
+            arrays["normalizers"] = {
+                k: {"loc": np.asarray(v.loc), "scale": np.asarray(v.scale),
+                    **({"reference": np.asarray(v.reference)} if v.method == "rank" else {})}
+                for k, v in self.normalizers_.items()}
         if getattr(self, "reference_keep_", None) is not None:
             arrays["reference_keep"] = self.reference_keep_.astype(np.float32)
         return meta, arrays
@@ -443,9 +472,11 @@ class TabularDetector(BaseDetector):
                 "train_values": jax.ShapeDtypeStruct((n, d), np.float32),
                 "train_observed": jax.ShapeDtypeStruct((n, d), np.float32), "nets": nets}
         if self.scoring == "ensemble":
-            tree["normalizers"] = {k: jax.eval_shape(lambda: scoring.fit_normalizer(np.zeros(n), method="rank"))
-                                   for k in ("dte", "dte_np", "reconstruction")}
-        if self.robust and self.scoring in ("dte_np", "ensemble"):
+            scalar = jax.ShapeDtypeStruct((), np.float32)
+            ref = ({"reference": jax.ShapeDtypeStruct((n,), np.float32)}
+                   if self.ensemble_normalizer == "rank" else {})
+            tree["normalizers"] = {k: {"loc": scalar, "scale": scalar, **ref} for k in self._members()}
+        if self.robust and "dte_np" in self._members():
             tree["reference_keep"] = jax.ShapeDtypeStruct((n,), np.float32)
         return tree
 
@@ -457,5 +488,9 @@ class TabularDetector(BaseDetector):
         self.model_ = {k: jax.tree.map(jnp.asarray, v) for k, v in arrays["nets"].items()}
         self.reference_keep_ = (np.asarray(arrays["reference_keep"]) > 0.5) if "reference_keep" in arrays else None
         if "normalizers" in arrays:
-            self.normalizers_ = {k: jax.tree.map(jnp.asarray, v) for k, v in arrays["normalizers"].items()}
+            self.normalizers_ = {
+                k: scoring.Normalizer(loc=jnp.asarray(v["loc"]), scale=jnp.asarray(v["scale"]),
+                                      reference=jnp.asarray(v.get("reference", np.zeros(0, np.float32))),
+                                      method=self.ensemble_normalizer)
+                for k, v in arrays["normalizers"].items()}
         self._scorers = {}

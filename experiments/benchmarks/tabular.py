@@ -46,6 +46,10 @@ _DATASETS = flags.DEFINE_list("datasets", [], "Subset of dataset names (default:
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 2000, "Training steps of trained paradigms.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "random", ["random", "dte", "unsupervised"],
                               "Data protocol (see the module docstring).")
+_ENS_MEMBERS = flags.DEFINE_list("ensemble_members", [], "Members of the 'ensemble' scoring "
+                                  "(default: TabularDetector's).")
+_ENS_NORM = flags.DEFINE_enum("ensemble_normalizer", "rank", ["rank", "robust", "zscore"],
+                              "Normaliser of the 'ensemble' scoring's members.")
 _MERGE = flags.DEFINE_list("merge", [], "Instead of running: merge these result JSONs (same sets "
                            "and methods, disjoint seeds) into --out, e.g. seeds 0-2 and 3-4 run apart.")
 _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "tabular.md"), "Markdown output.")
@@ -114,7 +118,7 @@ def split(protocol: str, X: np.ndarray, y: np.ndarray, *, seed: int):
 
 
 def run_one(path: pathlib.Path, seed: int, scorings, baselines, train_steps: int,
-            protocol: str = "random"):
+            protocol: str = "random", ensemble_kwargs: dict | None = None):
     import adiff
     X, y = load_adbench_npz(path)
     X_tr, X_te, y_te = split(protocol, X, y, seed=seed)
@@ -127,6 +131,8 @@ def run_one(path: pathlib.Path, seed: int, scorings, baselines, train_steps: int
         kwargs = {"robust": True} if opt == "robust" else {}
         if opt not in ("", "robust"):
             raise ValueError(f"unknown scoring option {opt!r} in {sc!r} (known: '+robust')")
+        if name == "ensemble":
+            kwargs.update(ensemble_kwargs or {})
         det = adiff.TabularDetector(scoring=name, seed=seed, train_steps=train_steps, **kwargs).fit(X_tr)
         s = det.decision_function(X_te)
         rows[f"adiff:{sc}"] = dict(auroc=metrics.auroc(y_te, s), auprc=metrics.auprc(y_te, s),
@@ -140,6 +146,13 @@ def run_one(path: pathlib.Path, seed: int, scorings, baselines, train_steps: int
         rows[b] = dict(auroc=metrics.auroc(y_te, s), auprc=metrics.auprc(y_te, s),
                        seconds=time.perf_counter() - t)
     return rows, dict(n=len(X), d=X.shape[1], n_train=len(X_tr), n_test=len(X_te))
+
+
+def _ensemble_kwargs() -> dict:
+    kw = {"ensemble_normalizer": _ENS_NORM.value}
+    if _ENS_MEMBERS.value:
+        kw["ensemble_members"] = tuple(_ENS_MEMBERS.value)
+    return kw
 
 
 def merge(paths, seeds_of):
@@ -181,7 +194,7 @@ def main(argv):
         per_seed, info = [], None
         for seed in seeds:
             rows, info = run_one(f, seed, _SCORINGS.value, _BASELINES.value, _TRAIN_STEPS.value,
-                                 _PROTOCOL.value)
+                                 _PROTOCOL.value, _ensemble_kwargs())
             per_seed.append(rows)
         results[name] = {"info": info, "seeds": per_seed}
         line = "  ".join(f"{m} {np.mean([r[m]['auroc'] for r in per_seed]):.3f}" for m in methods)
@@ -211,7 +224,9 @@ def _write(out: pathlib.Path, results, methods, seeds, cmd: str | None = None):
     cmd = cmd or ("python -m experiments.benchmarks.tabular --seeds=" + ",".join(map(str, seeds))
            + " --scorings=" + ",".join(_SCORINGS.value) + " --baselines=" + ",".join(_BASELINES.value)
            + (" --datasets=" + ",".join(_DATASETS.value) if _DATASETS.value else "")
-           + f" --train_steps={_TRAIN_STEPS.value} --protocol={_PROTOCOL.value}")
+           + f" --train_steps={_TRAIN_STEPS.value} --protocol={_PROTOCOL.value}"
+           + (" --ensemble_members=" + ",".join(_ENS_MEMBERS.value) if _ENS_MEMBERS.value else "")
+           + (f" --ensemble_normalizer={_ENS_NORM.value}" if _ENS_NORM.value != "rank" else ""))
     lines = ["# Tabular anomaly detection: ADBench classical sets", "",
              f"Command: `{cmd}`", "",
              "Data: ADBench classical `.npz` files (../shared/data/tabular). " + _PROTOCOL_TEXT[_PROTOCOL.value]
