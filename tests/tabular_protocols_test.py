@@ -90,3 +90,22 @@ def test_np_variants_match_the_library_estimator():
     lib1 = np.asarray(scoring.dte_nonparametric(a.astype(np.float32), b.astype(np.float32), k=1).scores)
     np.testing.assert_allclose(one, lib1, rtol=1e-3, atol=1e-2)
     assert metrics.auroc(y, s["V5"]) > 0.8
+
+
+def test_merge_columns_joins_methods_and_marks_missing_cells(tmp_path):
+    import json
+    row = lambda a: {"auroc": a, "auprc": a / 2, "seconds": 1.0}
+    info = {"n": 10, "d": 2, "n_train": 4, "n_test": 6}
+    a = {"s1": {"info": info, "seeds": [{"adiff:dte_np": row(0.9), "KNN": row(0.8)}]},
+         "s2": {"info": info, "seeds": [{"adiff:dte_np": row(0.7), "KNN": row(0.6)}]}}
+    b = {"s1": {"info": info, "seeds": [{"adiff:score_norm": row(0.95), "KNN": row(0.8)}]}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    results, methods = bench.merge_columns([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert methods == ["adiff:dte_np", "adiff:score_norm", "KNN"]
+    assert set(results["s1"]["seeds"][0]) == set(methods)
+    assert "adiff:score_norm" not in results["s2"]["seeds"][0]
+    b["s1"]["seeds"].append(b["s1"]["seeds"][0])  # two seeds against one: refused
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    with pytest.raises(ValueError, match="seeds"):
+        bench.merge_columns([str(tmp_path / "a.json"), str(tmp_path / "b.json")])

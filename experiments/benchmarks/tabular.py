@@ -52,6 +52,9 @@ _ENS_NORM = flags.DEFINE_enum("ensemble_normalizer", "rank", ["rank", "robust", 
                               "Normaliser of the 'ensemble' scoring's members.")
 _MERGE = flags.DEFINE_list("merge", [], "Instead of running: merge these result JSONs (same sets "
                            "and methods, disjoint seeds) into --out, e.g. seeds 0-2 and 3-4 run apart.")
+_MERGE_COLS = flags.DEFINE_list(
+    "merge_columns", [], "Instead of running: join the method columns of these result JSONs (runs "
+    "of the same seeds with different scorings or sets); a method a set lacks shows as '-'.")
 _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "tabular.md"), "Markdown output.")
 
 
@@ -155,6 +158,27 @@ def _ensemble_kwargs() -> dict:
     return kw
 
 
+def merge_columns(paths):
+    """Joins the methods of several result JSONs run with the same seeds: per set and seed, the
+    union of the method rows (the first file that holds a method wins). Returns results, methods."""
+    parts = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    results, methods = {}, []
+    for part, path in zip(parts, paths):
+        for name, res in part.items():
+            cur = results.setdefault(name, {"info": res["info"], "seeds": [dict() for _ in res["seeds"]]})
+            if len(cur["seeds"]) != len(res["seeds"]):
+                raise ValueError(f"{path}: set {name!r} has {len(res['seeds'])} seeds, "
+                                 f"earlier files {len(cur['seeds'])}")
+            for mine, theirs in zip(cur["seeds"], res["seeds"]):
+                for m, row in theirs.items():
+                    mine.setdefault(m, row)
+                    if m not in methods:
+                        methods.append(m)
+    # baselines last, as in a single run
+    methods = [m for m in methods if m.startswith("adiff:")] + [m for m in methods if not m.startswith("adiff:")]
+    return results, methods
+
+
 def merge(paths, seeds_of):
     """Combines per-set seed lists of several result JSONs (sets in the first file's order)."""
     parts = [json.loads(pathlib.Path(p).read_text()) for p in paths]
@@ -171,6 +195,14 @@ def merge(paths, seeds_of):
 def main(argv):
     del argv
     seeds = [int(s) for s in _SEEDS.value]
+    if _MERGE_COLS.value:
+        results, methods = merge_columns(_MERGE_COLS.value)
+        _write(pathlib.Path(_OUT.value), results, methods, seeds,
+               cmd=f"python -m experiments.benchmarks.tabular --merge_columns={','.join(_MERGE_COLS.value)} "
+                   f"--seeds={','.join(map(str, seeds))} (columns of several runs joined; each run's "
+                   "command in the results file)")
+        print(f"wrote {_OUT.value}")
+        return
     if _MERGE.value:
         # --seeds lists the seeds of the merged files in order (the JSONs do not store them).
         results, _ = merge(_MERGE.value, [seeds])
@@ -217,8 +249,17 @@ _PROTOCOL_TEXT = {
 
 
 def _write(out: pathlib.Path, results, methods, seeds, cmd: str | None = None):
-    def mean(name, m, k):
-        return float(np.mean([r[m][k] for r in results[name]["seeds"]]))
+    def mean(name, m, k):  # nan where the set lacks the method (merged columns)
+        rows = results[name]["seeds"]
+        return float(np.mean([r[m][k] for r in rows])) if all(m in r for r in rows) else float("nan")
+
+    def cell(x, spec):
+        return "-" if np.isnan(x) else format(x, spec)
+
+    def over_sets(m, k, fn):
+        vals = [mean(n, m, k) for n in names if not np.isnan(mean(n, m, k))]
+        note = "" if len(vals) == len(names) else f" ({len(vals)} sets)"
+        return fn(vals), note
 
     names = list(results)
     cmd = cmd or ("python -m experiments.benchmarks.tabular --seeds=" + ",".join(map(str, seeds))
@@ -239,22 +280,26 @@ def _write(out: pathlib.Path, results, methods, seeds, cmd: str | None = None):
     for n in names:
         info = results[n]["info"]
         lines.append(f"| {n} | {info['n']} | {info['d']} | "
-                     + " | ".join(f"{mean(n, m, 'auroc'):.3f}" for m in methods) + " | "
-                     + " | ".join(f"{mean(n, m, 'auprc'):.3f}" for m in methods) + " | "
-                     + " | ".join(f"{mean(n, m, 'seconds'):.1f}" for m in methods) + " |")
+                     + " | ".join(cell(mean(n, m, 'auroc'), '.3f') for m in methods) + " | "
+                     + " | ".join(cell(mean(n, m, 'auprc'), '.3f') for m in methods) + " | "
+                     + " | ".join(cell(mean(n, m, 'seconds'), '.1f') for m in methods) + " |")
+    agg = {(m, k): over_sets(m, k, np.median if k == "seconds" else np.mean)
+           for m in methods for k in ("auroc", "auprc", "seconds")}
     lines.append("| **mean** | | | "
-                 + " | ".join(f"**{np.mean([mean(n, m, 'auroc') for n in names]):.3f}**" for m in methods) + " | "
-                 + " | ".join(f"**{np.mean([mean(n, m, 'auprc') for n in names]):.3f}**" for m in methods) + " | "
-                 + " | ".join(f"{np.median([mean(n, m, 'seconds') for n in names]):.1f} (median)" for m in methods) + " |")
+                 + " | ".join(f"**{agg[m, 'auroc'][0]:.3f}**{agg[m, 'auroc'][1]}" for m in methods) + " | "
+                 + " | ".join(f"**{agg[m, 'auprc'][0]:.3f}**{agg[m, 'auprc'][1]}" for m in methods) + " | "
+                 + " | ".join(f"{agg[m, 'seconds'][0]:.1f} (median){agg[m, 'seconds'][1]}" for m in methods) + " |")
     ref = methods[0]
     lines += ["", "Wins/losses of each method against KNN on AUROC (per set, mean over seeds):", ""]
     if "KNN" in methods:
         for m in methods:
             if m == "KNN":
                 continue
-            w = sum(mean(n, m, "auroc") > mean(n, "KNN", "auroc") for n in names)
-            l = sum(mean(n, m, "auroc") < mean(n, "KNN", "auroc") for n in names)
-            lines.append(f"- {m}: {w} wins, {l} losses, {len(names) - w - l} ties")
+            both = [n for n in names if not np.isnan(mean(n, m, "auroc") + mean(n, "KNN", "auroc"))]
+            w = sum(mean(n, m, "auroc") > mean(n, "KNN", "auroc") for n in both)
+            l = sum(mean(n, m, "auroc") < mean(n, "KNN", "auroc") for n in both)
+            lines.append(f"- {m}: {w} wins, {l} losses, {len(both) - w - l} ties"
+                         + ("" if len(both) == len(names) else f" (over the {len(both)} sets it ran on)"))
     del ref
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
