@@ -364,6 +364,7 @@ def _knn_masked_sq_dists(x_train: Array, obs_train: Array, x: Array, obs: Array,
         the entries the query observes, a gap of the reference replaced by its expected squared
         difference under the training marginal of column j (mean mu_j, variance var_j). +inf when
         the query observes nothing.
+      mode "mean": as "expected" without the + var_j term (the reference gap mean-filled).
       mode "shared": d = D / |O_q & O_r| * sum_{j in O_q & O_r} (q_j - r_j)^2; +inf when the two
         rows share no observed entry.
     Blocked exactly as `_knn_sq_dists` (working memory query_batch * (train_batch + k) floats),
@@ -383,7 +384,8 @@ def _knn_masked_sq_dists(x_train: Array, obs_train: Array, x: Array, obs: Array,
 
     def per_query_block(args):
         q, oq = args
-        eq = oq * ((q - col_mean) ** 2 + col_var)  # [bq, d] expected gap contributions
+        gap_var = col_var if mode == "expected" else 0.0
+        eq = oq * ((q - col_mean) ** 2 + gap_var)  # [bq, d] contributions of reference gaps
         nobs = jnp.sum(oq, axis=-1, keepdims=True)  # [bq, 1]
 
         def body(best, chunk):
@@ -461,13 +463,16 @@ def dte_nonparametric(
         scale, the variance-only kernel of the paper, instead of shrinking x).
 
     Missing values (`observed_train` / `observed`, 0/1 masks of the shape of x_train / x;
-    unobserved entries may hold NaN). Two masked squared distances between a query row q and a
+    unobserved entries may hold NaN). Three masked squared distances between a query row q and a
     reference row r, both rescaled to D entries so they stay comparable to a complete distance:
       - "expected" (default): over the entries q observes, D / |O_q| * sum_{j in O_q} of
         (q_j - r_j)^2 where r observes j too, and of the expected squared difference
         (q_j - mu_j)^2 + var_j (training mean and variance of column j over observed entries)
         where r misses j. The rescaling factor is the same for every reference of a query, so
         it does not change which references are nearest.
+      - "mean": as "expected", but a reference's gap counts as (q_j - mu_j)^2, the reference entry
+        filled with the column mean, without the + var_j that steers every query towards fully
+        observed references.
       - "shared": only the entries observed in both rows, D / |O_q & O_r| * sum (q_j - r_j)^2
         (+inf with nothing shared). Each distance is unbiased under entries missing at random,
         but the k-NN minimum is not: references missing exactly the query's deviating entries
@@ -495,7 +500,7 @@ def dte_nonparametric(
       train_batch: rows of x_train per distance block.
       observed_train: optional [N, ...] 0/1 mask of observed entries of x_train (None: all).
       observed: optional [B, ...] 0/1 mask of observed entries of x (None: all).
-      missing_distance: "expected" or "shared", the masked distance (see above).
+      missing_distance: "expected", "mean" or "shared", the masked distance (see above).
 
     Returns:
       AnomalyScores with scores [B] and maps None.
@@ -506,7 +511,7 @@ def dte_nonparametric(
         observed = _check_observed(observed, x, "observed")
     x_train = _check_x(x_train, "x_train", allow_nonfinite=observed_train)
     x = _check_x(x, allow_nonfinite=observed)
-    _check_choice(missing_distance, "missing_distance", ("expected", "shared"))
+    _check_choice(missing_distance, "missing_distance", ("expected", "mean", "shared"))
     masked = not ((observed_train is None or _all_observed(observed_train))
                   and (observed is None or _all_observed(observed)))
     if x_train.shape[1:] != x.shape[1:]:

@@ -33,12 +33,13 @@ def _hand_distances(q, oq, r, orr, mode):
                         used += 1
                 elif oq[a, j]:
                     used += 1
-                    total += (q[a, j] - r[b, j]) ** 2 if orr[b, j] else (q[a, j] - mu[j]) ** 2 + var[j]
+                    gap = (q[a, j] - mu[j]) ** 2 + (var[j] if mode == "expected" else 0.0)
+                    total += (q[a, j] - r[b, j]) ** 2 if orr[b, j] else gap
             out[a, b] = total * d / used if used else np.inf
     return out, 2.0 * var.sum()
 
 
-@pytest.mark.parametrize("mode", ["expected", "shared"])
+@pytest.mark.parametrize("mode", ["expected", "mean", "shared"])
 def test_masked_distance_equals_hand_computation(mode):
     r = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.5], [2.0, 0.0, -1.0], [-1.0, 3.0, 1.0]], np.float32)
     orr = np.array([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0]], np.float32)
