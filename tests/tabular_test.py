@@ -183,7 +183,7 @@ def test_robust_fraction_overrides_contamination():
     with pytest.raises(TypeError, match="robust"):
         adiff.TabularDetector(robust="yes").fit(x_train)
     with pytest.raises(ValueError, match="missing_distance"):
-        adiff.TabularDetector(missing_distance="mean").fit(x_train)
+        adiff.TabularDetector(missing_distance="median").fit(x_train)
 
 
 def test_robust_save_load_round_trip(contaminated_fits, tmp_path):
