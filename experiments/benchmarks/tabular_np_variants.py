@@ -86,7 +86,7 @@ def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
 def summarise(res: dict) -> str:
     """Mean AUROC per variant over sets (seed means), wins/losses vs KNN and V0, per-seed means."""
     seed_mean = {s: {v: np.mean([r[v] for r in rows]) for v in VARIANTS} for s, rows in res.items()}
-    lines = [f"{len(res)} sets, seeds {len(next(iter(res.values())))}", "",
+    lines = [f"{len(res)} sets, {len(next(iter(res.values())))} seeds", "",
              "| variant | mean AUROC | wins/losses vs KNN | wins/losses vs V0 | per-seed means |",
              "|---|---:|---|---|---|"]
     for v in VARIANTS:
