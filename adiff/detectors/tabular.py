@@ -111,7 +111,7 @@ class TabularDetector(BaseDetector):
       ensemble_normalizer: how each member's score is normalised on the training scores before
         averaging, one of adiff.scoring.NORMALIZERS ("rank", "robust", "zscore").
       missing_distance: k-NN distance of "dte_np" with missing entries: "expected" (default),
-        "mean" or "shared" (see `adiff.scoring.dte_nonparametric`) or "zero" (zero-filled encoded values,
+        "mean", "shared" (see `adiff.scoring.dte_nonparametric`) or "zero" (zero-filled encoded values,
         i.e. mean imputation of standardised numerics; the behaviour before masks). No effect
         when nothing is missing.
     """
