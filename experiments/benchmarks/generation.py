@@ -171,7 +171,7 @@ def _image_setup(cfg, log):
                            batch_size=g.batch_size, learning_rate=g.learning_rate,
                            ema_decay=g.ema_decay, p_uncond=g.p_uncond, num_steps=g.num_steps,
                            width=g.width, channel_mults=tuple(g.channel_mults), groups=g.groups,
-                           anomaly_fraction=g.anomaly_fraction, context=bool(g.get("context", False)),
+                           anomaly_fraction=g.anomaly_fraction, context=g.context,
                            verbose=True)
     t1 = time.time()
     gen.fit(normal, anomalies=train_def.images.astype(np.float32) / 255.0, masks=train_def.masks,

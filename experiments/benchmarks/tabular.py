@@ -195,32 +195,31 @@ def merge(paths, seeds_of):
 def main(argv):
     del argv
     seeds = [int(s) for s in _SEEDS.value]
-    if _MERGE_COLS.value:
-        results, methods = merge_columns(_MERGE_COLS.value)
-        _write(pathlib.Path(_OUT.value), results, methods, seeds,
-               cmd=f"python -m experiments.benchmarks.tabular --merge_columns={','.join(_MERGE_COLS.value)} "
-                   f"--seeds={','.join(map(str, seeds))} (columns of several runs joined; each run's "
-                   "command in the results file)")
-        print(f"wrote {_OUT.value}")
-        return
-    if _MERGE.value:
+    if _MERGE_COLS.value or _MERGE.value:
         # --seeds lists the seeds of the merged files in order (the JSONs do not store them).
-        results, _ = merge(_MERGE.value, [seeds])
-        methods = list(next(iter(results.values()))["seeds"][0])
+        if _MERGE_COLS.value and _MERGE.value:
+            raise SystemExit("--merge and --merge_columns are exclusive")
+        if _MERGE_COLS.value:
+            flag, paths = "merge_columns", _MERGE_COLS.value
+            note = "columns of several runs joined; each run's command in the results file"
+            results, methods = merge_columns(paths)
+        else:
+            flag, paths = "merge", _MERGE.value
+            note = "runs merged; each run's command in the session notes"
+            results, _ = merge(paths, [seeds])
+            methods = list(next(iter(results.values()))["seeds"][0])
         n_seeds = {len(r["seeds"]) for r in results.values()}
         if n_seeds != {len(seeds)}:
             raise SystemExit(f"--seeds has {len(seeds)} seeds but the merged files hold {n_seeds}")
         _write(pathlib.Path(_OUT.value), results, methods, seeds,
-               cmd=f"python -m experiments.benchmarks.tabular --merge={','.join(_MERGE.value)} "
-                   f"--seeds={','.join(map(str, seeds))} (runs merged; each run's command in the "
-                   "session notes)")
+               cmd=f"python -m experiments.benchmarks.tabular --{flag}={','.join(paths)} "
+                   f"--seeds={','.join(map(str, seeds))} ({note})")
         print(f"wrote {_OUT.value}")
         return
     files = _datasets(pathlib.Path(_DATA.value), _DATASETS.value)
     methods = [f"adiff:{s}" for s in _SCORINGS.value] + list(_BASELINES.value)
     results = {}
     out = pathlib.Path(_OUT.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
     for f in files:
         name = f.parent.name
         per_seed, info = [], None
@@ -301,6 +300,7 @@ def _write(out: pathlib.Path, results, methods, seeds, cmd: str | None = None):
             lines.append(f"- {m}: {w} wins, {l} losses, {len(both) - w - l} ties"
                          + ("" if len(both) == len(names) else f" (over the {len(both)} sets it ran on)"))
     del ref
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
 
