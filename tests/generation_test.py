@@ -465,7 +465,7 @@ def test_train_steps_default_depends_on_the_modality():
 @pytest.mark.slow
 def test_generation_benchmark_quick_table_part(tmp_path):
     # The benchmark script end to end on its tiny config (one small ADBench table, one seed);
-    # --quick writes to a temporary directory, never into docs/results.
+    # --quick writes to a temporary directory (here --artifacts), never into docs/results.
     import pathlib  # pylint: disable=import-outside-toplevel
     import subprocess  # pylint: disable=import-outside-toplevel
     import sys  # pylint: disable=import-outside-toplevel
@@ -474,7 +474,7 @@ def test_generation_benchmark_quick_table_part(tmp_path):
         pytest.skip("needs ../shared/data/tabular")
     before = sorted((repo / "docs" / "results" / "generation").rglob("*"))
     out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.generation", "--quick",
-                          "--parts=table"], cwd=repo, capture_output=True, text=True, timeout=600)
+                          "--parts=table", f"--artifacts={tmp_path}"], cwd=repo, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     line = [l for l in out.stdout.splitlines() if l.startswith("table Stamps seed 0")]
     assert line and "detector + head: adiff class-conditioned + few real=" in line[0]

@@ -272,7 +272,8 @@ def run_image_pixel_head(cfg, log):
     Segmenter net, class-balanced BCE, flips) on [image, per-t log maps, combined log map],
     trained on the normal training images (mask 0) vs each set of synthetic anomalies with
     their masks (the generated set twice: with the generator's regions and with the regions
-    narrowed by `AnomalyGenerator.refine_masks`); pixel score z + softplus(logit)."""
+    narrowed by `AnomalyGenerator.refine_masks`; the generated set added to the cut-paste set,
+    beside a count control of two cut-paste draws); pixel score z + softplus(logit)."""
     from adiff.detectors import ImageDetector  # pylint: disable=import-outside-toplevel
     normal, train_def, test, gen, base, out, _, times = _image_setup(cfg, log)
     kw = _image_detector_kwargs(cfg)
@@ -289,9 +290,15 @@ def run_image_pixel_head(cfg, log):
     refined, tau = gen.refine_masks(base, out, quantile=refine_q, guidance=cfg.guidance)
     kept = float(refined.sum() / max(int(np.asarray(out.masks).sum()), 1))
     log(f"refined masks: threshold {tau:.3f}, {kept:.2f} of the generated regions kept")
+    # a second cut-paste draw on the same base images: the count control of the union row
+    cp2_img, cp2_mask = cut_paste(np.random.default_rng(cfg.seed + 8), base)
     sets = {"cut-paste": (cp_img, cp_mask),
             "adiff generated": (out.samples, out.masks),
             "adiff generated, refined masks": (out.samples, refined),
+            "cut-paste + adiff generated": (np.concatenate([cp_img, np.asarray(out.samples)]),
+                                            np.concatenate([cp_mask, np.asarray(out.masks)])),
+            "cut-paste, two draws (count control)": (np.concatenate([cp_img, cp2_img]),
+                                                     np.concatenate([cp_mask, cp2_mask])),
             "reference: real training third":
                 (train_def.images.astype(np.float32) / 255.0, train_def.masks)}
     feats = {k: (pixel_features(det, a.astype(np.float32), stats)[0], m) for k, (a, m) in sets.items()}
@@ -799,7 +806,7 @@ def main(argv):
         lines.append(s)
 
     t0 = time.time()
-    if quick:  # the smoke run never touches the committed results
+    if quick and not FLAGS.artifacts:  # the smoke run never touches the committed results
         ART["dir"] = pathlib.Path(tempfile.mkdtemp(prefix="adiff_generation_quick_"))
     json_path = ART["dir"] / "generation.json"
     ART["dir"].mkdir(parents=True, exist_ok=True)
