@@ -236,3 +236,22 @@ def test_image_benchmark_merges_magnetic_tile_seeds():
         image_bench.merge_mt_seeds(prev, 64, 1500, [])
     with pytest.raises(FileNotFoundError, match="--merge_mt"):
         image_bench.merge_mt_seeds({}, 32, 1500, [])
+
+
+def test_image_steps_subset_and_ratios():
+    """The solver benchmark's subset is balanced and seeded, refuses an impossible size, and its
+    ratios divide every row by the first (reference) row of the same seed."""
+    from experiments.benchmarks import image_steps
+    labels = np.array([0] * 10 + [1] * 6)
+    idx = image_steps.balanced_subset(labels, 8, seed=3)
+    assert len(idx) == 8 and labels[idx].sum() == 4 and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, image_steps.balanced_subset(labels, 8, seed=3))
+    with pytest.raises(ValueError, match="anomalous"):
+        image_steps.balanced_subset(labels, 14, seed=0)
+    row = lambda a, ips: {"image_auroc": a, "pixel_auroc": a, "aupro": a, "images_per_s": ips}
+    runs = [{"ref": row(0.8, 1.0), "fast": row(0.76, 50.0)}, {"ref": row(0.5, 2.0), "fast": row(0.55, 100.0)}]
+    r = image_steps.ratios(runs)
+    assert r["fast"]["image_auroc"]["per_seed"] == pytest.approx([0.95, 1.1])
+    assert r["fast"]["image_auroc"]["mean"] == pytest.approx(1.025)
+    assert r["fast"]["images_per_s"]["mean"] == pytest.approx(50.0)
+    assert r["ref"]["aupro"]["mean"] == pytest.approx(1.0)
