@@ -255,3 +255,17 @@ def test_image_steps_subset_and_ratios():
     assert r["fast"]["image_auroc"]["mean"] == pytest.approx(1.025)
     assert r["fast"]["images_per_s"]["mean"] == pytest.approx(50.0)
     assert r["ref"]["aupro"]["mean"] == pytest.approx(1.0)
+
+
+def test_video_benchmark_smoothed_baselines_match_the_detector_filter():
+    """Each baseline gains a smoothed copy made with the detector's own temporal filter; the
+    unsmoothed scores are kept as they were."""
+    from adiff.detectors.video import _smooth1d
+    from experiments.benchmarks import video as video_bench
+    s = {"b": [np.array([0.0, 0.0, 5.0, 0.0, 0.0]), np.array([1.0, 2.0])]}
+    out = video_bench.with_smoothed(s, 1.0)
+    assert list(out) == ["b", "b + temporal smoothing (sigma 1)"]
+    assert out["b"] is s["b"]
+    sm = out["b + temporal smoothing (sigma 1)"]
+    np.testing.assert_allclose(sm[0], _smooth1d(s["b"][0], 1.0))
+    assert sm[0][2] < 5.0 and sm[0][1] > 0.0 and sm[0].sum() == pytest.approx(5.0, rel=0.2)
