@@ -292,16 +292,17 @@ def run_image_pixel_head(cfg, log):
     log(f"refined masks: threshold {tau:.3f}, {kept:.2f} of the generated regions kept")
     # a second cut-paste draw on the same base images: the count control of the union row
     cp2_img, cp2_mask = cut_paste(np.random.default_rng(cfg.seed + 8), base)
-    sets = {"cut-paste": (cp_img, cp_mask),
-            "adiff generated": (out.samples, out.masks),
-            "adiff generated, refined masks": (out.samples, refined),
-            "cut-paste + adiff generated": (np.concatenate([cp_img, np.asarray(out.samples)]),
-                                            np.concatenate([cp_mask, np.asarray(out.masks)])),
-            "cut-paste, two draws (count control)": (np.concatenate([cp_img, cp2_img]),
-                                                     np.concatenate([cp_mask, cp2_mask])),
-            "reference: real training third":
-                (train_def.images.astype(np.float32) / 255.0, train_def.masks)}
-    feats = {k: (pixel_features(det, a.astype(np.float32), stats)[0], m) for k, (a, m) in sets.items()}
+    # Features of each distinct image set once (a pixel's features depend only on its image: the
+    # detector's denoise draws are shared by all images); the training sets below reuse them.
+    f_cp, f_gen, f_cp2, f_real = (pixel_features(det, np.asarray(a, np.float32), stats)[0]
+                                  for a in (cp_img, out.samples, cp2_img, train_def.images.astype(np.float32) / 255.0))
+    cat = np.concatenate
+    feats = {"cut-paste": (f_cp, cp_mask),
+             "adiff generated": (f_gen, out.masks),
+             "adiff generated, refined masks": (f_gen, refined),
+             "cut-paste + adiff generated": (cat([f_cp, f_gen]), cat([cp_mask, np.asarray(out.masks)])),
+             "cut-paste, two draws (count control)": (cat([f_cp, f_cp2]), cat([cp_mask, cp2_mask])),
+             "reference: real training third": (f_real, train_def.masks)}
     times["features"] = time.time() - t1
     log(f"pixel features {f_normal.shape[-1]} channels (t0 {list(det.t0)}), "
         f"{times['features']:.0f}s")

@@ -112,13 +112,14 @@ def write(path: pathlib.Path, res: dict) -> None:
                  f"{cell('images_per_s')} |")
     L += ["", "As a fraction of the reference (per seed; mean):", "",
           "| solver | image AUROC | pixel AUROC | AUPRO | throughput |", "|---|---|---|---|---|"]
+    def ratio_cell(r, per_seed_fmt, mean_fmt):  # "a / b / c; mean"
+        return " / ".join(format(v, per_seed_fmt) for v in r["per_seed"]) + "; " + format(r["mean"], mean_fmt)
+
     for name in list(runs[0])[1:]:
-        cell = lambda m: (" / ".join(f"{v:.0%}" if m != "images_per_s" else f"{v:.0f}x"
-                                     for v in rat[name][m]["per_seed"])
-                          + (f"; {rat[name][m]['mean']:.1%}" if m != "images_per_s"
-                             else f"; {rat[name][m]['mean']:.0f}x"))
-        L.append(f"| {name} | {cell('image_auroc')} | {cell('pixel_auroc')} | {cell('aupro')} | "
-                 f"{cell('images_per_s')} |")
+        cells = [ratio_cell(rat[name][m], ".0%", ".1%") for m in METRICS]
+        speed = " / ".join(f"{v:.0f}x" for v in rat[name]["images_per_s"]["per_seed"])
+        speed += f"; {rat[name]['images_per_s']['mean']:.0f}x"
+        L.append(f"| {name} | " + " | ".join(cells) + f" | {speed} |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L) + "\n")
     path.with_suffix(".json").write_text(json.dumps({**res, "ratios": rat}, indent=1))

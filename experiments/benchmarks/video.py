@@ -151,7 +151,8 @@ _PED2_VARIANTS = (
 SMOOTH_SIGMA = 2.0
 # The denoising score of the session-9 smoothed rows (Ped2 and procedural, same fitted models).
 _DENOISE_SMOOTH = dict(score="denoise", t0=0.3, num_samples=4, frame_score="topk", smooth_sigma=SMOOTH_SIGMA)
-_DENOISE_SMOOTH_LABEL = "adiff, same model, denoising error at t=0.3 (4 draws) + temporal smoothing (sigma 2)"
+_DENOISE_SMOOTH_LABEL = ("adiff, same model, denoising error at t=0.3 (4 draws) + temporal smoothing "
+                         f"(sigma {SMOOTH_SIGMA:g})")
 
 
 def with_smoothed(scores: dict, sigma: float = SMOOTH_SIGMA) -> dict:
