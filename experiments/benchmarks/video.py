@@ -35,13 +35,13 @@ from adiff.detectors.video import VideoDetector, _smooth1d  # the detector's own
 from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = None
+_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
-    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC  # pylint: disable=global-statement
+    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
@@ -49,6 +49,8 @@ def define_flags() -> None:
                                       "Multiply both configs' detector train_steps by this factor.")
     _PED2_SIZE = flags.DEFINE_list("ped2_size", [], "Ped2 frame size H,W (default: the config's).")
     _SKIP_PROC = flags.DEFINE_bool("skip_procedural", False, "Only Ped2.")
+    _PROC_SEED = flags.DEFINE_integer("procedural_seed", None, "Seed of the procedural set and its "
+                                      "networks (default: the config's `seed`).")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -208,13 +210,15 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None) -> dict:
     res[_DENOISE_SMOOTH_LABEL] = frame_metrics(test.labels, det.decision_function(test.clips))
     for name, s in with_smoothed(baselines(train.clips, test.clips)).items():
         res[name] = frame_metrics(test.labels, s)
-    return {"results": res, "fit_seconds": fit_s, "score_seconds": score_s, "size": list(size),
+    return {"results": res, "fit_seconds": fit_s, "score_seconds": score_s, "seed": cfg.seed, "size": list(size),
             "test_frames": test.num_frames, "train_frames": train.num_frames,
             "clips": test.names, "detector": kw}
 
 
-def run_procedural(quick: bool, steps_scale: float = 1.0) -> dict:
+def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None) -> dict:
     cfg = video_procedural.get_config()
+    if seed is not None:
+        cfg.seed = int(seed)
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
     kw = _scaled_steps(dict(cfg.detector), steps_scale)
@@ -231,13 +235,19 @@ def run_procedural(quick: bool, steps_scale: float = 1.0) -> dict:
     methods[_DENOISE_SMOOTH_LABEL] = det.decision_function(test.clips)
     methods.update(with_smoothed(baselines(train.clips, test.clips)))
     res = {name: auroc_by_type(test, scores) for name, scores in methods.items()}
-    return {"results": res, "fit_seconds": fit_s, "size": cfg.size, "num_train": n_train,
+    return {"results": res, "fit_seconds": fit_s, "size": cfg.size, "seed": cfg.seed, "num_train": n_train,
             "num_test_per_type": n_test, "num_frames": n_frames, "detector": kw}
+
+
+def _seeds_text(ped2: dict | None, proc: dict | None) -> str:
+    parts = [f"{k} seed {r.get('seed', 0)}" for k, r in (("Ped2", ped2), ("procedural", proc)) if r]
+    return ", ".join(parts)
 
 
 def _write(out: pathlib.Path, ped2: dict | None, proc: dict | None, command: str, total_s: float) -> None:
     lines = ["# Video anomaly detection results", "",
-             f"Command: `{command}` (seed 0; {platform.processor() or platform.machine()}, "
+             f"Command: `{command}` ({_seeds_text(ped2, proc)}; "
+             f"{platform.processor() or platform.machine()}, "
              f"jax {jax.__version__}, CPU, 2 cores shared). Total {total_s / 60:.1f} min.", "",
              "Scores: raw frame scores are the headline (DESIGN.md video protocol); "
              "'clip-normalised' min-max normalises each test clip by its own scores (uses test-clip "
@@ -258,7 +268,7 @@ def _write(out: pathlib.Path, ped2: dict | None, proc: dict | None, command: str
         lines.append("")
     if proc is not None:
         lines += ["## Procedural motion set", "",
-                  f"adiff.data.video.procedural_benchmark(seed=0): {proc['num_train']} normal training clips, "
+                  f"adiff.data.video.procedural_benchmark(seed={proc.get('seed', 0)}): {proc['num_train']} normal training clips, "
                   f"test {proc['num_test_per_type']} normal clips + {proc['num_test_per_type']} per anomaly type, "
                   f"{proc['num_frames']} frames of {proc['size']} x {proc['size']} px. AUROC per type over "
                   f"the frames of the normal test clips and that type's clips. adiff fit "
@@ -281,7 +291,7 @@ def main(argv):
         raise app.UsageError("--skip_ped2 and --skip_procedural leave nothing to run")
     proc = ped2 = None
     if not _SKIP_PROC.value:
-        proc = run_procedural(_QUICK.value, _STEPS_SCALE.value)
+        proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value)
         print(json.dumps(proc["results"], indent=1), flush=True)
     if not _SKIP_PED2.value:
         ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value)
