@@ -222,6 +222,8 @@ def test_benchmark_overrides_are_checked():
     # The results header names the seed of each part that ran (--procedural_seed).
     assert video_bench._seeds_text({"seed": 0}, {"seed": 2}) == "Ped2 seed 0, procedural seed 2"
     assert video_bench._seeds_text(None, {"seed": 1}) == "procedural seed 1"
+    with pytest.raises(ValueError, match="--ped2_size must be H,W"):  # --ped2_seed: same checks
+        video_bench.run_ped2(True, 1.0, ["64"], seed=3)
     with pytest.raises(ValueError, match="--missing_key must name a modality"):
         mm_bench.run_one("multimodal_mnist", pathlib.Path("/nonexistent"), 0, True, missing_key="audio")
 

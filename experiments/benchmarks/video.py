@@ -35,13 +35,13 @@ from adiff.detectors.video import VideoDetector, _smooth1d  # the detector's own
 from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = None
+_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = _PED2_SEED = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
-    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED  # pylint: disable=global-statement
+    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED, _PED2_SEED  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
@@ -51,6 +51,8 @@ def define_flags() -> None:
     _SKIP_PROC = flags.DEFINE_bool("skip_procedural", False, "Only Ped2.")
     _PROC_SEED = flags.DEFINE_integer("procedural_seed", None, "Seed of the procedural set and its "
                                       "networks (default: the config's `seed`).")
+    _PED2_SEED = flags.DEFINE_integer("ped2_seed", None, "Seed of the Ped2 networks (the clips are "
+                                      "fixed; default: the config's `seed`).")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -180,8 +182,10 @@ def _scaled_steps(kw: dict, scale: float) -> dict:
     return dict(kw, train_steps=max(1, int(round(kw["train_steps"] * scale))))
 
 
-def run_ped2(quick: bool, steps_scale: float = 1.0, size=None) -> dict:
+def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None) -> dict:
     cfg = video_ped2.get_config()
+    if seed is not None:
+        cfg.seed = int(seed)
     if size:
         size = tuple(int(v) for v in size)
         if len(size) != 2 or min(size) < 8:
@@ -294,7 +298,7 @@ def main(argv):
         proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value)
         print(json.dumps(proc["results"], indent=1), flush=True)
     if not _SKIP_PED2.value:
-        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value)
+        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value, _PED2_SEED.value)
         print(json.dumps(ped2["results"], indent=1), flush=True)
     out = pathlib.Path(_OUT.value)
     _write(out, ped2, proc, command.strip(), time.time() - t)
