@@ -109,3 +109,25 @@ def test_merge_columns_joins_methods_and_marks_missing_cells(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(b))
     with pytest.raises(ValueError, match="seeds"):
         bench.merge_columns([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+
+
+def test_select_probe_anomalies_and_rule():
+    """tabular_select.py: "swap" keeps each feature's values (a row's entries come from held-out
+    rows, column by column) but breaks the dependence; the noise kinds move rows by the stated
+    scale; the selector needs score_norm's mean proxy to beat dte_np's by more than the margin."""
+    from experiments.benchmarks import tabular_select as ts
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(300, 1))
+    held = np.concatenate([z, z + 0.01 * rng.normal(size=(300, 1))], 1)  # two equal columns
+    syn = ts.synthetic_anomalies(held, np.ones(2), np.random.RandomState(0))
+    assert set(syn) == set(ts.KINDS) and all(v.shape == (300, 2) for v in syn.values())
+    for j in range(2):  # every swapped entry is some held-out row's value in that column
+        assert np.isin(syn["swap"][:, j], held[:, j]).all()
+    gap = lambda v: np.abs(v[:, 0] - v[:, 1]).mean()
+    assert gap(syn["swap"]) > 20 * gap(held)  # the dependence is broken
+    assert 0.5 < gap(syn["noise1"]) / 1.13 < 1.5  # |N(0, 2)| has mean 2 / sqrt(pi) = 1.13
+    assert ts.synthetic_anomalies(held[:50], np.ones(2), np.random.RandomState(0))["swap"].shape == (200, 2)
+    proxy = lambda sn, dn: {"score_norm": dict.fromkeys(ts.KINDS, sn), "dte_np": dict.fromkeys(ts.KINDS, dn)}
+    assert ts.pick(proxy(0.90, 0.85)) == "score_norm"
+    assert ts.pick(proxy(0.855, 0.85)) == "dte_np"  # within the margin: the default stays
+    assert ts.pick(proxy(0.80, 0.85)) == "dte_np"
