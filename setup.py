@@ -25,7 +25,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+    "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "opencv-python-headless>=4.10,<5"],
+    # VideoDetector(motion="flow"): Farneback optical flow from OpenCV (headless build, no GUI libs).
+    "video": ["opencv-python-headless>=4.10,<5"],
     # torch pinned exactly: a local CPU wheel here; anything looser downloads several GB.
     "bench": ["pyod", "torch==2.13.0"],
     "colab": ["jupyter", "ipykernel"],

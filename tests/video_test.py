@@ -216,3 +216,50 @@ def test_reconstruction_paradigm_runs():
     s = det.decision_function(clips[0])
     assert s.shape == (10,) and np.all(np.isfinite(s))
     assert det.anomaly_map(clips[0]).shape == (10, 8, 8)
+
+
+def test_optical_flow_recovers_a_known_shift():
+    """Farneback flow (motion="flow") against a known translation of a smooth texture."""
+    from adiff.detectors.video import optical_flow
+    rng = np.random.default_rng(0)
+    base = rng.random((48, 48))
+    for _ in range(3):  # smooth it: a texture the estimator can track
+        base = (base + np.roll(base, 1, 0) + np.roll(base, 1, 1) + np.roll(base, -1, 0) + np.roll(base, -1, 1)) / 5
+    frames = np.stack([np.roll(base, (-t, 2 * t), axis=(0, 1)) for t in range(3)])[..., None]  # dx=+2, dy=-1
+    flow = optical_flow(frames)
+    assert flow.shape == (3, 48, 48, 2) and flow.dtype == np.float32
+    assert np.all(flow[0] == 0)
+    inner = flow[1:, 8:-8, 8:-8]  # away from the wrap-around border
+    np.testing.assert_allclose(np.median(inner[..., 0]), 2.0, atol=0.25)
+    np.testing.assert_allclose(np.median(inner[..., 1]), -1.0, atol=0.25)
+    with pytest.raises(ValueError, match="shape"):
+        optical_flow(frames[..., 0])
+
+
+def test_flow_motion_conditioning(tmp_path):
+    from adiff.detectors.video import optical_flow
+    clips = video_data.make_procedural(4, num_clips=2, num_frames=10, size=16).clips
+    det = VideoDetector(motion="flow", context_frames=3, base_channels=4, groups=2, channel_mults=(1,),
+                        train_steps=3, batch_size=8).fit(clips)
+    xs, cs = det._shapes()
+    assert xs == (16, 16, 1) and cs == (16, 16, 3 * 1 + 2 * 2)  # K frames + K - 1 flow fields
+    # The flow channels are scaled to unit std on the training clips (as the residual target is).
+    # Conditioning flows of the training windows (frame t's are those into frames t-K+1 .. t-1).
+    flows = [optical_flow(2.0 * c.astype(np.float32) / 255.0 - 1.0) for c in clips]
+    used = np.concatenate([f[t - 2:t] for f in flows for t in range(3, len(f))])
+    np.testing.assert_allclose(det.flow_scale_, 1.0 / used.std(), rtol=1e-3)
+    s = det.decision_function(clips[0])
+    assert s.shape == (10,) and np.all(np.isfinite(s))
+    assert det.anomaly_map(clips[0]).shape == (10, 16, 16)
+    det.save(tmp_path / "flow")
+    det2 = base_lib.load(tmp_path / "flow")
+    assert det2.flow_scale_ == det.flow_scale_
+    np.testing.assert_allclose(det2.decision_function(clips[0]), s, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="changed after fit"):
+        det.set_params(motion="diff")
+        try:
+            det.decision_function(clips[0])
+        finally:
+            det.set_params(motion="flow")
+    with pytest.raises(ValueError, match="motion"):
+        VideoDetector(motion="optical").fit(clips)

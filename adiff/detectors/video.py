@@ -5,8 +5,9 @@ Paradigms:
 - "prediction" (default): a conditional diffusion model (`adiff.nets.UNet`, VP SDE, network
   output `parameterization`, default "v") generates frame t given conditioning channels: the
   K = `context_frames` previous frames and, with `motion="diff"`, their K - 1 consecutive frame
-  differences (motion features; with K = 1 and motion="diff" the conditioning still holds the
-  frame only). With `target="residual"` (default) the diffused variable is the motion residual
+  differences, or with `motion="flow"` the K - 1 dense optical-flow fields between them (two
+  channels each, x and y displacement; Farneback's classical estimator from OpenCV, see
+  `optical_flow`), as motion features; with K = 1 the conditioning holds the frame only. With `target="residual"` (default) the diffused variable is the motion residual
   frame_t - frame_{t-1}, scaled to unit standard deviation by a factor fitted on the training
   windows (`target_scale_`), and the predicted frame is frame_{t-1} + predicted residual: the
   diffusion analogue of "previous frame as the prediction", so the model spends no capacity on
@@ -58,10 +59,10 @@ from adiff.nets.unet import UNet
 from adiff.training import trainer
 
 __all__ = ["VideoDetector", "PARADIGMS", "MOTIONS", "TARGETS", "PARAMETERIZATIONS", "SCORES",
-           "FRAME_SCORES", "NORMALIZATIONS"]
+           "FRAME_SCORES", "NORMALIZATIONS", "optical_flow"]
 
 PARADIGMS = ("prediction", "reconstruction")
-MOTIONS = ("diff", "none")
+MOTIONS = ("diff", "flow", "none")
 TARGETS = ("residual", "frame")
 PARAMETERIZATIONS = ("v", "eps", "x0")
 SCORES = ("sample", "denoise")
@@ -98,6 +99,47 @@ def _blur2d(maps: jax.Array, sigma: float) -> jax.Array:
     return x
 
 
+def optical_flow(clip: np.ndarray) -> np.ndarray:
+    """Dense optical flow [T, H, W, 2] (x, y displacement in pixels) from frame t-1 to frame t.
+
+    Farneback's polynomial-expansion estimator (OpenCV `calcOpticalFlowFarneback`) on the frames'
+    channel mean, quantised to 8 bits; flow[0] is zero. The pyramid depth and window size follow
+    the frame size (coarsest level >= 8 px; window ~ 1/8 of the shorter side, at least 5 px), so
+    the same call serves 32 px and full-resolution frames. A classical estimator (no training), as
+    the survey's video methods use; OpenCV's implementation rather than our own because it is the
+    reference one, well tested and fast on the host (the flow is computed once per frame, outside
+    the jitted network).
+
+    Args:
+      clip: [T, H, W, C] frames with values in [0, 1] (or [-1, 1]: any affine range works, the
+        frames are min-max quantised per clip).
+
+    Returns:
+      float32 [T, H, W, 2].
+    """
+    try:
+        import cv2  # pylint: disable=import-outside-toplevel
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("motion='flow' needs OpenCV: pip install 'adiff[video]' "
+                          "(opencv-python-headless)") from e
+    x = np.asarray(clip, np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"clip must have shape [T, H, W, C], got {x.shape}")
+    gray = x.mean(axis=-1)
+    lo, hi = float(gray.min()), float(gray.max())
+    q = np.round(255.0 * (gray - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
+    h, w = q.shape[1:]
+    side = min(h, w)
+    levels = max(1, int(math.floor(math.log2(max(side, 8) / 8.0))) + 1)
+    win = max(5, (side // 8) | 1)
+    out = np.zeros(x.shape[:3] + (2,), np.float32)
+    for t in range(1, len(q)):
+        out[t] = cv2.calcOpticalFlowFarneback(q[t - 1], q[t], None, pyr_scale=0.5, levels=levels,
+                                              winsize=win, iterations=3, poly_n=5, poly_sigma=1.1,
+                                              flags=0)
+    return out
+
+
 def _smooth1d(s: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0 or len(s) < 2:
         return s
@@ -125,7 +167,8 @@ class VideoDetector(BaseDetector):
       paradigm: "prediction" (conditional future-frame diffusion) or "reconstruction".
       context_frames: K, the previous frames that condition the prediction (clip length K + 1
         for reconstruction).
-      motion: "diff" (frame differences of the context as extra conditioning channels) or "none".
+      motion: "diff" (frame differences of the context as extra conditioning channels), "flow"
+        (optical flow between the context frames, `optical_flow`; needs OpenCV) or "none".
       target: "residual" (diffuse frame_t - frame_{t-1}, scaled to unit std) or "frame"
         (prediction paradigm only; the reconstruction paradigm always diffuses the clip).
       parameterization: network output, "v", "eps" or "x0" (see `adiff.parameterization`).
@@ -299,7 +342,10 @@ class VideoDetector(BaseDetector):
             if c.shape[-1] != self.n_channels_:
                 raise ValueError(f"{n} has {c.shape[-1]} channels (shape {c.shape}), but the detector "
                                  f"was fitted on {self.n_channels_} channels")
-        return [np.asarray(self._resize(2.0 * c - 1.0)) for c in clips]
+        out = [np.asarray(self._resize(2.0 * c - 1.0)) for c in clips]
+        if self._flow():  # flow channels after the frame channels (see _split)
+            out = [np.concatenate([c, optical_flow(c)], axis=-1) for c in out]
+        return out
 
     def _resize(self, x: np.ndarray) -> np.ndarray:
         hw = tuple(self.work_hw_)
@@ -324,7 +370,8 @@ class VideoDetector(BaseDetector):
         c, k = self.n_channels_, int(self.context_frames)
         if self.paradigm == "reconstruction":
             return (h, w, (k + 1) * c), None
-        n_cond = k * c + (max(k - 1, 0) * c if self.motion == "diff" else 0)
+        n_motion = {"diff": c, "flow": 2}.get(self.motion, 0)
+        n_cond = k * c + max(k - 1, 0) * n_motion
         return (h, w, c), (h, w, n_cond)
 
     def _windows(self, clip: np.ndarray) -> np.ndarray:
@@ -334,23 +381,34 @@ class VideoDetector(BaseDetector):
         idx = np.arange(len(clip))[:, None] + np.arange(k + 1)[None, :]
         return padded[idx]
 
+    def _flow(self) -> bool:
+        """Whether the prepared clips carry flow channels (prediction with K >= 2 only)."""
+        return self.paradigm == "prediction" and self.motion == "flow" and int(self.context_frames) > 1
+
     def _residual(self) -> bool:
         return self.paradigm == "prediction" and self.target == "residual"
 
-    def _split(self, win: jax.Array, scale: float = 1.0):
-        """windows [B, K + 1, h, w, C] -> (x0 [B, h, w, Cx], cond or None).
+    def _split(self, win: jax.Array, scale: float = 1.0, flow_scale: float = 1.0):
+        """windows [B, K + 1, h, w, C (+ 2 flow channels)] -> (x0 [B, h, w, Cx], cond or None).
 
         x0 is the clip (reconstruction), the frame (target="frame") or the scaled residual
-        `scale * (frame - previous frame)` (target="residual")."""
-        b, k1, h, w, c = win.shape
+        `scale * (frame - previous frame)` (target="residual"). With motion="flow" the last two
+        channels of every frame hold the flow into it; the flows between the context frames,
+        times `flow_scale`, join the conditioning."""
+        c = self.n_channels_
+        frames = win[..., :c]
+        b, k1, h, w, _ = win.shape
         if self.paradigm == "reconstruction":
-            return jnp.moveaxis(win, 1, 3).reshape(b, h, w, k1 * c), None
-        ctx = win[:, :-1]
+            return jnp.moveaxis(frames, 1, 3).reshape(b, h, w, k1 * c), None
+        ctx = frames[:, :-1]
         parts = [jnp.moveaxis(ctx, 1, 3).reshape(b, h, w, (k1 - 1) * c)]
         if self.motion == "diff" and k1 > 2:
             d = ctx[:, 1:] - ctx[:, :-1]
             parts.append(jnp.moveaxis(d, 1, 3).reshape(b, h, w, (k1 - 2) * c))
-        x0 = (win[:, -1] - win[:, -2]) * scale if self._residual() else win[:, -1]
+        if self._flow():
+            f = win[:, 1:-1, ..., c:] * flow_scale
+            parts.append(jnp.moveaxis(f, 1, 3).reshape(b, h, w, (k1 - 2) * 2))
+        x0 = (frames[:, -1] - frames[:, -2]) * scale if self._residual() else frames[:, -1]
         return x0, jnp.concatenate(parts, axis=-1)
 
     def _train_config(self, n: int) -> trainer.TrainConfig:
@@ -374,11 +432,19 @@ class VideoDetector(BaseDetector):
         data = np.concatenate(wins).astype(np.float32)
         # Residual target: frame differences are mostly ~0 (static background), far below the unit
         # scale the VP SDE assumes; scale them to unit std (fitted on the training windows).
+        c = self.n_channels_
         scale = 1.0
         if self._residual():
-            sd = float(np.std(data[:, -1] - data[:, -2]))
+            sd = float(np.std(data[:, -1, ..., :c] - data[:, -2, ..., :c]))
             scale = 1.0 / sd if sd > 1e-6 else 1.0
         self.target_scale_ = scale
+        # The conditioning flows (between context frames) to unit std as well: pixels of
+        # displacement, mostly ~0 on the static background.
+        flow_scale = 1.0
+        if self._flow():
+            sd = float(np.std(data[:, 1:-1, ..., c:]))
+            flow_scale = 1.0 / sd if sd > 1e-6 else 1.0
+        self.flow_scale_ = flow_scale
         kind = self.parameterization
         net, sde = self._unet(), self._sde
         xs, cs = self._shapes()
@@ -387,7 +453,7 @@ class VideoDetector(BaseDetector):
         split = self._split
 
         def loss_fn(p, batch, key):
-            x0, cond = split(batch, scale)
+            x0, cond = split(batch, scale, flow_scale)
             model_fn = lambda v, t: net.apply(p, v, t, cond)
             return losses.dsm_loss(model_fn, sde, x0, key, parameterization=kind).loss, {}
 
@@ -413,10 +479,12 @@ class VideoDetector(BaseDetector):
         residual = self._residual()
         kind, mode = self.parameterization, self.score
         scale = float(getattr(self, "target_scale_", 1.0))
+        flow_scale = float(getattr(self, "flow_scale_", 1.0))
         split = self._split
 
         def fn(params, win, key):
-            x0, cond = split(win, scale)
+            x0, cond = split(win, scale, flow_scale)
+            win = win[..., :c]  # the frames (flow channels, if any, only condition)
             # SDEdit start: the clip (reconstruction), the previous frame (frame target) or zero
             # motion (residual target); irrelevant at t0 = 1 (pure noise).
             start = x0 if recon else (jnp.zeros_like(x0) if residual else win[:, -2])
@@ -557,7 +625,8 @@ class VideoDetector(BaseDetector):
     def _export(self):
         meta = {"n_train": self.n_train_, "input_shape": list(self.input_shape_),
                 "n_channels": self.n_channels_, "work_hw": list(self.work_hw_),
-                "fit_params": self.fit_params_, "target_scale": float(self.target_scale_)}
+                "fit_params": self.fit_params_, "target_scale": float(self.target_scale_),
+                "flow_scale": float(getattr(self, "flow_scale_", 1.0))}
         return meta, jax.tree.map(np.asarray, self.params_)
 
     def _abstract_arrays(self, meta):
@@ -576,6 +645,7 @@ class VideoDetector(BaseDetector):
         self.work_hw_ = tuple(int(v) for v in meta["work_hw"])
         self.fit_params_ = {k: _norm(v) for k, v in meta["fit_params"].items()}
         self.target_scale_ = float(meta.get("target_scale", 1.0))
+        self.flow_scale_ = float(meta.get("flow_scale", 1.0))
         for k, v in _LEGACY_FIT.items():  # models saved before these options existed
             if k not in self.fit_params_:
                 self.fit_params_[k] = v

@@ -35,13 +35,13 @@ from adiff.detectors.video import VideoDetector, _smooth1d  # the detector's own
 from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = _PED2_SEED = None
+_QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = _PED2_SEED = _MOTION = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
-    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED, _PED2_SEED  # pylint: disable=global-statement
+    global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED, _PED2_SEED, _MOTION  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
@@ -53,6 +53,8 @@ def define_flags() -> None:
                                       "networks (default: the config's `seed`).")
     _PED2_SEED = flags.DEFINE_integer("ped2_seed", None, "Seed of the Ped2 networks (the clips are "
                                       "fixed; default: the config's `seed`).")
+    _MOTION = flags.DEFINE_enum("motion", None, ["diff", "flow", "none"], "Motion features of both "
+                                "detectors instead of the configs' (flow: Farneback optical flow).")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -170,7 +172,8 @@ def with_smoothed(scores: dict, sigma: float = SMOOTH_SIGMA) -> dict:
 
 
 def _name(kw: dict) -> str:
-    return (f"adiff VideoDetector (prediction, K={kw.get('context_frames')} + frame diff, "
+    motion = {"diff": " + frame diff", "flow": " + optical flow", "none": ""}[kw.get("motion", "diff")]
+    return (f"adiff VideoDetector (prediction, K={kw.get('context_frames')}{motion}, "
             f"target {kw.get('target')}, {kw.get('parameterization')}, score {kw.get('score')} "
             f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')})")
 
@@ -182,7 +185,7 @@ def _scaled_steps(kw: dict, scale: float) -> dict:
     return dict(kw, train_steps=max(1, int(round(kw["train_steps"] * scale))))
 
 
-def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None) -> dict:
+def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion=None) -> dict:
     cfg = video_ped2.get_config()
     if seed is not None:
         cfg.seed = int(seed)
@@ -194,6 +197,8 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None) -> dic
     size = tuple(cfg.size)
     train, test = load_split(cfg, seed=cfg.seed, max_frames=24 if quick else None)
     kw = _scaled_steps(dict(cfg.detector), steps_scale)
+    if motion:
+        kw["motion"] = motion
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
     det = VideoDetector(seed=cfg.seed, **kw)
@@ -219,13 +224,15 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None) -> dic
             "clips": test.names, "detector": kw}
 
 
-def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None) -> dict:
+def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None) -> dict:
     cfg = video_procedural.get_config()
     if seed is not None:
         cfg.seed = int(seed)
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
     kw = _scaled_steps(dict(cfg.detector), steps_scale)
+    if motion:
+        kw["motion"] = motion
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
     methods = {}
@@ -295,10 +302,10 @@ def main(argv):
         raise app.UsageError("--skip_ped2 and --skip_procedural leave nothing to run")
     proc = ped2 = None
     if not _SKIP_PROC.value:
-        proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value)
+        proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value, _MOTION.value)
         print(json.dumps(proc["results"], indent=1), flush=True)
     if not _SKIP_PED2.value:
-        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value, _PED2_SEED.value)
+        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value, _PED2_SEED.value, _MOTION.value)
         print(json.dumps(ped2["results"], indent=1), flush=True)
     out = pathlib.Path(_OUT.value)
     _write(out, ped2, proc, command.strip(), time.time() - t)
