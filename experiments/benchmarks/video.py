@@ -13,6 +13,9 @@ PCA reconstruction of frames (top-1% pixel error), previous frame as the predict
 residual (top-1% error); PCA keeps 95% of the training variance. Each baseline also appears with
 the detector's temporal smoothing (sigma 2 frames), so adiff's smoothed rows have a matched
 comparison.
+Overrides (multi-seed runs and options): --procedural_seed (data and networks), --ped2_seed
+(networks; the clips are fixed), --ped2_size, --motion (diff / flow / none for both detectors),
+--train_steps_scale; --skip_ped2 / --skip_procedural run one part.
 Writes docs/results/video.md and docs/results/video.json.
 """
 from __future__ import annotations
@@ -185,10 +188,15 @@ def _scaled_steps(kw: dict, scale: float) -> dict:
     return dict(kw, train_steps=max(1, int(round(kw["train_steps"] * scale))))
 
 
-def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion=None) -> dict:
-    cfg = video_ped2.get_config()
+def _with_seed(cfg, seed):
+    """The config with `seed` replaced (None keeps the config's)."""
     if seed is not None:
         cfg.seed = int(seed)
+    return cfg
+
+
+def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion=None) -> dict:
+    cfg = _with_seed(video_ped2.get_config(), seed)
     if size:
         size = tuple(int(v) for v in size)
         if len(size) != 2 or min(size) < 8:
@@ -196,9 +204,7 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
         cfg.size = size
     size = tuple(cfg.size)
     train, test = load_split(cfg, seed=cfg.seed, max_frames=24 if quick else None)
-    kw = _scaled_steps(dict(cfg.detector), steps_scale)
-    if motion:
-        kw["motion"] = motion
+    kw = dict(_scaled_steps(dict(cfg.detector), steps_scale), **({"motion": motion} if motion else {}))
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
     det = VideoDetector(seed=cfg.seed, **kw)
@@ -225,14 +231,10 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
 
 
 def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None) -> dict:
-    cfg = video_procedural.get_config()
-    if seed is not None:
-        cfg.seed = int(seed)
+    cfg = _with_seed(video_procedural.get_config(), seed)
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
-    kw = _scaled_steps(dict(cfg.detector), steps_scale)
-    if motion:
-        kw["motion"] = motion
+    kw = dict(_scaled_steps(dict(cfg.detector), steps_scale), **({"motion": motion} if motion else {}))
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
     methods = {}
