@@ -24,10 +24,12 @@ INSTALL_REQUIRES = [
     "pyod",
 ]
 
+# VideoDetector(motion="flow"): Farneback optical flow from OpenCV (headless build, no GUI libs).
+VIDEO_REQUIRES = ["opencv-python-headless>=4.10,<5"]
+
 EXTRAS = {
-    "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "opencv-python-headless>=4.10,<5"],
-    # VideoDetector(motion="flow"): Farneback optical flow from OpenCV (headless build, no GUI libs).
-    "video": ["opencv-python-headless>=4.10,<5"],
+    "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"] + VIDEO_REQUIRES,
+    "video": VIDEO_REQUIRES,
     # torch pinned exactly: a local CPU wheel here; anything looser downloads several GB.
     "bench": ["pyod", "torch==2.13.0"],
     "colab": ["jupyter", "ipykernel"],

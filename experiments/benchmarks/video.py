@@ -195,6 +195,17 @@ def _with_seed(cfg, seed):
     return cfg
 
 
+def _detector_kwargs(cfg, steps_scale: float, motion, quick: bool) -> dict:
+    """The config's VideoDetector kwargs with the run's overrides: scaled steps, --motion, and the
+    tiny --quick network."""
+    kw = _scaled_steps(dict(cfg.detector), steps_scale)
+    if motion:
+        kw["motion"] = motion
+    if quick:
+        kw.update(train_steps=20, base_channels=8, groups=4)
+    return kw
+
+
 def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion=None) -> dict:
     cfg = _with_seed(video_ped2.get_config(), seed)
     if size:
@@ -204,9 +215,7 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
         cfg.size = size
     size = tuple(cfg.size)
     train, test = load_split(cfg, seed=cfg.seed, max_frames=24 if quick else None)
-    kw = dict(_scaled_steps(dict(cfg.detector), steps_scale), **({"motion": motion} if motion else {}))
-    if quick:
-        kw.update(train_steps=20, base_channels=8, groups=4)
+    kw = _detector_kwargs(cfg, steps_scale, motion, quick)
     det = VideoDetector(seed=cfg.seed, **kw)
     t = time.time()
     det.fit(train.clips)
@@ -234,9 +243,7 @@ def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None
     cfg = _with_seed(video_procedural.get_config(), seed)
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
-    kw = dict(_scaled_steps(dict(cfg.detector), steps_scale), **({"motion": motion} if motion else {}))
-    if quick:
-        kw.update(train_steps=20, base_channels=8, groups=4)
+    kw = _detector_kwargs(cfg, steps_scale, motion, quick)
     methods = {}
     t = time.time()
     det = VideoDetector(seed=cfg.seed, **kw).fit(train.clips)
