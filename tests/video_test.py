@@ -47,6 +47,24 @@ def test_procedural_labels_and_motion():
         video_data.make_procedural(0, num_clips=1, num_frames=2)
 
 
+def test_procedural_varied_objects():
+    # The standard preset is make_procedural's defaults; "varied" changes count, size and brightness.
+    std = video_data.procedural_benchmark(1, num_train=2, num_test=1, num_frames=8, size=16)[0]
+    ref = video_data.make_procedural(1, num_clips=2, num_frames=8, size=16)
+    np.testing.assert_array_equal(std.clips[0], ref.clips[0])
+    v = video_data.make_procedural(2, num_clips=40, num_frames=8, size=32, num_objects=(1, 3),
+                                   radius_jitter=0.25, brightness_range=(0.6, 0.95))
+    first = np.stack([c[0, ..., 0] for c in v.clips]).astype(np.float64) / 255
+    bright = (first > 0.5).reshape(40, -1).sum(1)   # object area (the background stays below 0.45)
+    peak = first.reshape(40, -1).max(1)
+    assert bright.max() > 2.5 * max(bright.min(), 1)   # 1 small object vs 3 large ones
+    assert peak.min() < 0.85 < peak.max()             # dimmer objects than the standard 0.95
+    with pytest.raises(ValueError, match="num_objects"):
+        video_data.make_procedural(0, num_clips=1, num_objects=(3, 1))
+    with pytest.raises(ValueError, match="variant"):
+        video_data.procedural_benchmark(0, variant="hard")
+
+
 def test_ranges_to_labels():
     lab = video_data.ranges_to_labels(np.array([[2, 3], [6, 6]]), 7)
     np.testing.assert_array_equal(lab, [0, 1, 1, 0, 0, 1, 0])

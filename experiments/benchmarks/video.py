@@ -13,7 +13,8 @@ PCA reconstruction of frames (top-1% pixel error), previous frame as the predict
 residual (top-1% error); PCA keeps 95% of the training variance. Each baseline also appears with
 the detector's temporal smoothing (sigma 2 frames), so adiff's smoothed rows have a matched
 comparison.
-Overrides (multi-seed runs and options): --procedural_seed (data and networks), --ped2_seed
+Overrides (multi-seed runs and options): --procedural_seed (data and networks),
+--procedural_variant (standard / varied: nuisance variation of the objects), --ped2_seed
 (networks; the clips are fixed), --ped2_size, --motion (diff / flow / none for both detectors),
 --train_steps_scale; --skip_ped2 / --skip_procedural run one part.
 Writes docs/results/video.md and docs/results/video.json.
@@ -39,12 +40,14 @@ from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = _PED2_SEED = _MOTION = None
+_PROC_VARIANT = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
     global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED, _PED2_SEED, _MOTION  # pylint: disable=global-statement
+    global _PROC_VARIANT  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
@@ -58,6 +61,9 @@ def define_flags() -> None:
                                       "fixed; default: the config's `seed`).")
     _MOTION = flags.DEFINE_enum("motion", None, ["diff", "flow", "none"], "Motion features of both "
                                 "detectors instead of the configs' (flow: Farneback optical flow).")
+    _PROC_VARIANT = flags.DEFINE_enum("procedural_variant", None, sorted(video_data.PROCEDURAL_VARIANTS),
+                                      "Preset of the procedural set (default: the config's `variant`; "
+                                      "varied: 1-3 objects of varying size and brightness per clip).")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -117,7 +123,7 @@ def load_split(cfg, *, seed: int, max_frames=None, counts=None):
     Args:
       cfg: a config of experiments/configs/video_*.py: `dataset` "ucsd_ped2" (with `data_dir`,
         relative to the repository root, and `size` (H, W)) or "procedural" (with `size`,
-        `num_train`, `num_test`, `num_frames`).
+        `num_train`, `num_test`, `num_frames` and optionally `variant`).
       seed: seed of the procedural set (the Ped2 clips are fixed).
       max_frames: Ped2 only: keep at most this many frames per clip.
       counts: procedural only: (num_train, num_test, num_frames) instead of the config's.
@@ -130,7 +136,8 @@ def load_split(cfg, *, seed: int, max_frames=None, counts=None):
     if cfg.dataset == "procedural":
         n_train, n_test, n_frames = counts or (cfg.num_train, cfg.num_test, cfg.num_frames)
         return video_data.procedural_benchmark(seed, num_train=n_train, num_test=n_test,
-                                               num_frames=n_frames, size=cfg.size)
+                                               num_frames=n_frames, size=cfg.size,
+                                               variant=cfg.get("variant", "standard"))
     raise ValueError(f"config.dataset must be 'ucsd_ped2' or 'procedural', got {cfg.dataset!r}")
 
 
@@ -239,8 +246,10 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
             "clips": test.names, "detector": kw}
 
 
-def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None) -> dict:
+def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None, variant=None) -> dict:
     cfg = _with_seed(video_procedural.get_config(), seed)
+    if variant is not None:
+        cfg.variant = variant
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
     kw = _detector_kwargs(cfg, steps_scale, motion, quick)
@@ -255,7 +264,8 @@ def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None
     methods[_DENOISE_SMOOTH_LABEL] = det.decision_function(test.clips)
     methods.update(with_smoothed(baselines(train.clips, test.clips)))
     res = {name: auroc_by_type(test, scores) for name, scores in methods.items()}
-    return {"results": res, "fit_seconds": fit_s, "size": cfg.size, "seed": cfg.seed, "num_train": n_train,
+    return {"results": res, "fit_seconds": fit_s, "size": cfg.size, "seed": cfg.seed, "variant": cfg.variant,
+            "num_train": n_train,
             "num_test_per_type": n_test, "num_frames": n_frames, "detector": kw}
 
 
@@ -288,7 +298,8 @@ def _write(out: pathlib.Path, ped2: dict | None, proc: dict | None, command: str
         lines.append("")
     if proc is not None:
         lines += ["## Procedural motion set", "",
-                  f"adiff.data.video.procedural_benchmark(seed={proc.get('seed', 0)}): {proc['num_train']} normal training clips, "
+                  f"adiff.data.video.procedural_benchmark(seed={proc.get('seed', 0)}, "
+                  f"variant={proc.get('variant', 'standard')!r}): {proc['num_train']} normal training clips, "
                   f"test {proc['num_test_per_type']} normal clips + {proc['num_test_per_type']} per anomaly type, "
                   f"{proc['num_frames']} frames of {proc['size']} x {proc['size']} px. AUROC per type over "
                   f"the frames of the normal test clips and that type's clips. adiff fit "
@@ -311,7 +322,8 @@ def main(argv):
         raise app.UsageError("--skip_ped2 and --skip_procedural leave nothing to run")
     proc = ped2 = None
     if not _SKIP_PROC.value:
-        proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value, _MOTION.value)
+        proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value, _MOTION.value,
+                              _PROC_VARIANT.value)
         print(json.dumps(proc["results"], indent=1), flush=True)
     if not _SKIP_PED2.value:
         ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value, _PED2_SEED.value, _MOTION.value)

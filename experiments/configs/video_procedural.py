@@ -14,6 +14,9 @@ def get_config():
     c.num_frames = 32
     c.num_train = 16
     c.num_test = 6
+    # adiff.data.video.PROCEDURAL_VARIANTS: "standard" (two equal discs per clip) or "varied"
+    # (1-3 objects of varying size and brightness; --procedural_variant in the benchmark).
+    c.variant = "standard"
     c.seed = 0
     c.seeds = (0, 1, 2)  # --mode=benchmark runs every seed (--mode=evaluate: `seed`)
     c.baselines = ("frame difference", "PCA of frames", "previous frame + PCA residual")
