@@ -90,6 +90,13 @@ def test_np_variants_match_the_library_estimator():
     lib1 = np.asarray(scoring.dte_nonparametric(a.astype(np.float32), b.astype(np.float32), k=1).scores)
     np.testing.assert_allclose(one, lib1, rtol=1e-3, atol=1e-2)
     assert metrics.auroc(y, s["V5"]) > 0.8
+    # V7, the reference code's float32 posterior mean, agrees with the library's (float64) one.
+    lib5 = np.asarray(scoring.dte_nonparametric(a.astype(np.float32), b.astype(np.float32), k=5,
+                                                statistic="mean").scores)
+    np.testing.assert_allclose(s["V7"], lib5, rtol=1e-3, atol=0.05)
+    # A duplicate of a training row (m = 0) is NaN in that computation and scored 0, as there.
+    mean, mode = nv.reference_dte_time(np.array([0.0, 1.0, 50.0]), 4)
+    assert mean[0] == 0.0 and mode[0] == 0.0 and 0 < mean[1] < mean[2] <= 299
 
 
 def test_merge_columns_joins_methods_and_marks_missing_cells(tmp_path):

@@ -17,6 +17,12 @@ statistic, does not), under the same random protocol and standardisation as tabu
 - V5: the exact posterior mean of the DDPM time (DTE's 300-step schedule, uniform prior) under
   the empirical mixture of the 50 nearest rows, p(x | t) = sum_i N(x; x_i, v_t I);
 - V6: m_5 after whitening with the Ledoit-Wolf covariance of the training part;
+- V7 / V8: DTE-NP's time posterior computed the way the DTE repository's code does it (float32:
+  the inverse-gamma log-density of each of the 300 step variances given m_5, normalised over the
+  steps, then the posterior mean (V7, the issue's reference variant) or the argmax (V8, its HEAD);
+  a test row with m_5 = 0, a duplicate of a training row, gives NaN there and is scored 0, as its
+  run script does). Session 11: tells whether the reference's 0.881 / 0.861 differ from V0 through
+  the estimator (float ties, saturation) or through the splits;
 - KNN: PyOD KNN (k = 5, largest), the baseline of tabular.py.
 
   python -m experiments.benchmarks.tabular_np_variants --seeds=0,1,2 --small_only \\
@@ -41,7 +47,7 @@ _SMALL = flags.DEFINE_bool("small_only", True, "Only the 27 sets with at most 40
 _OUT = flags.DEFINE_string("variants_out", str(REPO / "docs" / "results" / "tabular_np_variants.json"),
                            "JSON output (per set, per seed AUROC of every variant).")
 
-VARIANTS = ("V0", "V1", "V2", "V3", "V4", "V5", "V6", "KNN")
+VARIANTS = ("V0", "V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8", "KNN")
 _BIG = 40000
 
 
@@ -59,6 +65,27 @@ def mixture_posterior_time(d2: np.ndarray, dim: int) -> np.ndarray:
     return (p / p.sum(1, keepdims=True)) @ np.arange(len(v))
 
 
+def reference_dte_time(m5: np.ndarray, dim: int) -> tuple:
+    """(posterior mean, argmax) of the step index given m_5, in float32 as DTE's code computes it.
+
+    The likelihood of variance v given m is the inverse-gamma density with shape dim / 2 - 1 and
+    scale m / 2 (scipy, float64, then rounded to float32); the normalisation over the steps, the
+    exponent and the mean are float32. NaN (m = 0) becomes 0, as in the reference run script.
+    """
+    from scipy.special import logsumexp  # pylint: disable=import-outside-toplevel
+    from scipy.stats import invgamma  # pylint: disable=import-outside-toplevel
+    steps = 1.0 - np.cumprod(1.0 - np.linspace(1e-4, 0.01, 300, dtype=np.float32), dtype=np.float32)
+    m = np.asarray(m5, np.float32)
+    with np.errstate(all="ignore"):
+        logp = invgamma.logpdf(steps[None, :].astype(np.float64), a=0.5 * dim - 1.0, loc=0.0,
+                               scale=m[:, None].astype(np.float64) / 2.0).astype(np.float32)
+        logp = logp - logsumexp(logp, axis=1, keepdims=True).astype(np.float32)
+        post = np.exp(logp, dtype=np.float32)
+        mean = (post * np.arange(len(steps), dtype=np.float32)).sum(1, dtype=np.float32)
+    mode = np.where(np.isnan(post).any(1), 0.0, post.argmax(1).astype(np.float32))
+    return np.where(np.isnan(mean), 0.0, mean), mode
+
+
 def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
     """Scores of every variant for test rows b given standardised training rows a."""
     from sklearn.covariance import LedoitWolf  # pylint: disable=import-outside-toplevel
@@ -74,12 +101,14 @@ def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
     w, u = np.linalg.eigh(LedoitWolf().fit(a).covariance_)
     white = u / np.sqrt(np.maximum(w, 1e-12))
     d_w, _ = NearestNeighbors(n_neighbors=5).fit(a @ white).kneighbors(b @ white)
+    ref_mean, ref_mode = reference_dte_time((d2_te[:, :5].astype(np.float32)).mean(1), a.shape[1])
     return {"V0": m(d2_te, 5), "V1": m(d2_te, 3),
             "V2": np.mean([log_m(d2_te, k) for k in (3, 5, 10)], 0),
             "V3": log_m(d2_te, 5) - neighbour_mean,
             "V4": log_m(d2_te, 5) - 0.5 * neighbour_mean,
             "V5": mixture_posterior_time(d2_te, a.shape[1]),
             "V6": (d_w ** 2).mean(1),
+            "V7": ref_mean, "V8": ref_mode,
             "KNN": _baseline("KNN", seed).fit(a).decision_function(b)}
 
 
