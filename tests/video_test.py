@@ -65,6 +65,15 @@ def test_procedural_varied_objects():
         video_data.procedural_benchmark(0, variant="hard")
 
 
+def test_video_plots_presets_figure_and_frame_difference(tmp_path):
+    from experiments.benchmarks import video_plots
+    clip = np.zeros((4, 2, 2, 1), np.uint8)
+    clip[2:] = 255
+    np.testing.assert_allclose(video_plots.frame_difference(clip), [0, 0, 1, 0])
+    video_plots.plot_presets(0, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
 def test_ranges_to_labels():
     lab = video_data.ranges_to_labels(np.array([[2, 3], [6, 6]]), 7)
     np.testing.assert_array_equal(lab, [0, 1, 1, 0, 0, 1, 0])
