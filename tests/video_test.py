@@ -74,6 +74,15 @@ def test_video_plots_presets_figure_and_frame_difference(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
 
+def test_bidirectional_probe_combines_per_frame():
+    from experiments.benchmarks import video_bidirectional as vb
+    rows = vb.combine_directions([np.array([1.0, 5.0, 2.0])], [np.array([3.0, 1.0, 2.0])])
+    np.testing.assert_allclose(rows["min(fwd, bwd)"][0], [1, 1, 2])
+    np.testing.assert_allclose(rows["mean(fwd, bwd)"][0], [2, 3, 2])
+    with pytest.raises(ValueError, match="same clips"):
+        vb.combine_directions([np.zeros(3)], [np.zeros(4)])
+
+
 def test_ranges_to_labels():
     lab = video_data.ranges_to_labels(np.array([[2, 3], [6, 6]]), 7)
     np.testing.assert_array_equal(lab, [0, 1, 1, 0, 0, 1, 0])

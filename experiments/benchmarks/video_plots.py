@@ -24,9 +24,16 @@ from adiff.detectors.video import VideoDetector
 from experiments.configs import video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the procedural sets and the network.")
-_SCORES = flags.DEFINE_bool("scores", True, "Also fit the detector and plot frame scores.")
-_OUT = flags.DEFINE_string("out_dir", str(REPO / "docs" / "results" / "video"), "Output folder.")
+_SEED = _SCORES = _OUT = None
+
+
+def define_flags() -> None:
+    """Defines the script's flags (only when run as a script: tests import this module beside
+    other benchmark modules, whose flag names would clash)."""
+    global _SEED, _SCORES, _OUT  # pylint: disable=global-statement
+    _SEED = flags.DEFINE_integer("seed", 0, "Seed of the procedural sets and the network.")
+    _SCORES = flags.DEFINE_bool("scores", True, "Also fit the detector and plot frame scores.")
+    _OUT = flags.DEFINE_string("out_dir", str(REPO / "docs" / "results" / "video"), "Output folder.")
 
 
 def _one_per_kind(test: video_data.VideoSet) -> list:
@@ -116,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
