@@ -51,9 +51,10 @@ VARIANTS = ("V0", "V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8", "KNN")
 _BIG = 40000
 
 
-def _ddpm_variances(num_steps: int = 300) -> np.ndarray:
-    """v_j of DTE's discrete schedule (linear betas 1e-4 .. 0.01), as in scoring.dte_nonparametric."""
-    return 1.0 - np.cumprod(1.0 - np.linspace(1e-4, 0.01, num_steps))
+def _ddpm_variances(num_steps: int = 300, dtype=np.float64) -> np.ndarray:
+    """v_j of DTE's discrete schedule (linear betas 1e-4 .. 0.01), as in scoring.dte_nonparametric;
+    dtype=np.float32 computes it in float32 throughout, as DTE's own (torch) code does."""
+    return 1.0 - np.cumprod(1.0 - np.linspace(1e-4, 0.01, num_steps, dtype=dtype), dtype=dtype)
 
 
 def mixture_posterior_time(d2: np.ndarray, dim: int) -> np.ndarray:
@@ -74,7 +75,7 @@ def reference_dte_time(m5: np.ndarray, dim: int) -> tuple:
     """
     from scipy.special import logsumexp  # pylint: disable=import-outside-toplevel
     from scipy.stats import invgamma  # pylint: disable=import-outside-toplevel
-    steps = 1.0 - np.cumprod(1.0 - np.linspace(1e-4, 0.01, 300, dtype=np.float32), dtype=np.float32)
+    steps = _ddpm_variances(dtype=np.float32)
     m = np.asarray(m5, np.float32)
     with np.errstate(all="ignore"):
         logp = invgamma.logpdf(steps[None, :].astype(np.float64), a=0.5 * dim - 1.0, loc=0.0,

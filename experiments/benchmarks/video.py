@@ -75,25 +75,37 @@ def _topk(err: np.ndarray, frac: float = 0.01) -> np.ndarray:
     return np.mean(np.sort(err, axis=1)[:, -k:], axis=1)
 
 
+def _residuals(x: np.ndarray) -> np.ndarray:
+    """f_t - f_t-1 of flattened frames [T, P] (zero for the first frame)."""
+    return np.concatenate([x[:1] * 0, x[1:] - x[:-1]])
+
+
+def _fill_first(s: np.ndarray) -> np.ndarray:
+    """The first frame has no predecessor: it takes the second frame's score."""
+    s[0] = s[1] if len(s) > 1 else 0.0
+    return s
+
+
+def frame_difference(clip: np.ndarray) -> np.ndarray:
+    """The frame-difference baseline of one clip [T, H, W, C]: mean |f_t - f_t-1| per frame, [T]."""
+    return _fill_first(np.mean(np.abs(_residuals(_f(clip))), axis=1))
+
+
 def baselines(train: list, test: list) -> dict:
     """Per-clip frame scores of the baselines, dict name -> list of [T] arrays."""
     out = {"frame difference": [], "PCA of frames": [], "previous frame + PCA residual": []}
     frames = np.concatenate([_f(c) for c in train])
     pca = PCA(n_components=0.95, svd_solver="full").fit(frames)
-    res = np.concatenate([_f(c)[1:] - _f(c)[:-1] for c in train])
+    res = np.concatenate([_residuals(_f(c))[1:] for c in train])
     pca_r = PCA(n_components=0.95, svd_solver="full").fit(res)
     for c in test:
         x = _f(c)
-        d = np.concatenate([x[:1] * 0, x[1:] - x[:-1]])
-        fd = np.mean(np.abs(d), axis=1)
-        fd[0] = fd[1] if len(fd) > 1 else 0.0
-        out["frame difference"].append(fd)
+        d = _residuals(x)
+        out["frame difference"].append(_fill_first(np.mean(np.abs(d), axis=1)))
         rec = pca.inverse_transform(pca.transform(x))
         out["PCA of frames"].append(_topk((x - rec) ** 2))
         rr = pca_r.inverse_transform(pca_r.transform(d))
-        s = _topk((d - rr) ** 2)
-        s[0] = s[1] if len(s) > 1 else 0.0
-        out["previous frame + PCA residual"].append(s)
+        out["previous frame + PCA residual"].append(_fill_first(_topk((d - rr) ** 2)))
     return out
 
 

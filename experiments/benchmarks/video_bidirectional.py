@@ -22,7 +22,7 @@ from absl import app, flags
 
 import numpy as np
 
-from adiff.detectors.video import VideoDetector, _smooth1d
+from adiff.detectors.video import VideoDetector
 from experiments.benchmarks import video as video_bench
 from experiments.configs import video_ped2, video_procedural
 
@@ -75,11 +75,8 @@ def main(argv):
         cfg = video_ped2.get_config()
         train, test = video_bench.load_split(cfg, seed=cfg.seed)
         rows, fit_s = fit_both(cfg, train, test)
-        res = {k: video_bench.frame_metrics(test.labels, v) for k, v in rows.items()}
-        sigma = video_bench.SMOOTH_SIGMA
-        for k, v in rows.items():
-            res[f"{k} + smoothing (sigma {sigma:g})"] = video_bench.frame_metrics(
-                test.labels, [_smooth1d(np.asarray(s, np.float64), sigma) for s in v])
+        res = {k: video_bench.frame_metrics(test.labels, v)
+               for k, v in video_bench.with_smoothed(rows).items()}
     out = {"part": _PART.value, "seed": cfg.seed, "fit_seconds": fit_s, "results": res}
     text = json.dumps(out, indent=1, default=float)
     print(text)

@@ -21,6 +21,7 @@ import numpy as np
 
 from adiff.data import video as video_data
 from adiff.detectors.video import VideoDetector
+from experiments.benchmarks import video as video_bench
 from experiments.configs import video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -47,11 +48,10 @@ def _frames_around(labels: np.ndarray, reference: np.ndarray | None = None) -> l
     return [mid - 2, mid, mid + 2]
 
 
-def frame_difference(clip: np.ndarray) -> np.ndarray:
-    """Mean absolute difference to the previous frame, [T] (the first frame copies the second)."""
-    x = clip.astype(np.float32) / 255.0
-    d = np.abs(x[1:] - x[:-1]).reshape(len(x) - 1, -1).mean(1)
-    return np.concatenate([d[:1], d])
+def _minmax_together(scores: list) -> list:
+    """Per-clip scores min-max scaled by the range over all of them (one shared axis)."""
+    lo, hi = min(map(np.min, scores)), max(map(np.max, scores))
+    return [(s - lo) / (hi - lo + 1e-12) for s in scores]
 
 
 def plot_presets(seed: int, path: pathlib.Path) -> None:
@@ -84,16 +84,14 @@ def plot_scores(seed: int, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     cfg = video_procedural.get_config()
-    train, test = video_data.procedural_benchmark(seed, num_train=cfg.num_train, num_test=cfg.num_test,
-                                                  num_frames=cfg.num_frames, size=cfg.size, variant="varied")
+    cfg.variant = "varied"
+    train, test = video_bench.load_split(cfg, seed=seed)
     det = VideoDetector(seed=seed, verbose=True, **dict(cfg.detector)).fit(train.clips)
     idx = _one_per_kind(test)[1:]
     clips = [test.clips[i] for i in idx]
     ours = det.decision_function(clips)
-    fd = [frame_difference(c) for c in clips]
-    scale = lambda ss: [(s - min(map(np.min, ss))) / (max(map(np.max, ss)) - min(map(np.min, ss)) + 1e-12)
-                        for s in ss]
-    ours, fd = scale(ours), scale(fd)
+    ours = _minmax_together(ours)
+    fd = _minmax_together([video_bench.frame_difference(c) for c in clips])
     fig, axes = plt.subplots(1, len(idx), figsize=(3.2 * len(idx), 2.6), sharey=True)
     for ax, i, a, b in zip(axes, idx, ours, fd):
         lab = test.labels[i]
