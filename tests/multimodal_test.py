@@ -12,7 +12,7 @@ import pytest
 
 from adiff import metrics
 from adiff.detectors import base
-from adiff.detectors.multimodal import MultimodalDetector, MultimodalScores, heldout_surprise
+from adiff.detectors.multimodal import MultimodalDetector, MultimodalScores, _loc_scale, heldout_surprise
 from adiff.nets.fusion import ModalitySpec, MultimodalAutoencoder
 
 K = 4  # classes
@@ -268,6 +268,8 @@ def test_input_errors(setup):
         MultimodalDetector(modalities={"x": "table"}, fusion="middle").fit({"x": np.zeros((4, 2))})
     with pytest.raises(ValueError, match="attention must be one of"):
         MultimodalDetector(modalities={"x": "table"}, attention="rank").fit({"x": np.zeros((4, 2))})
+    with pytest.raises(ValueError, match="unimodal_scale must be one of"):
+        MultimodalDetector(modalities={"x": "table"}, unimodal_scale="mad").fit({"x": np.zeros((4, 2))})
 
 
 def test_save_load(setup, tmp_path):
@@ -381,3 +383,34 @@ def test_late_surprise_scale(setup, tmp_path):
     back = base.load(tmp_path / "sur")
     np.testing.assert_array_equal(back.uni_knots_, sur.uni_knots_)
     np.testing.assert_allclose(back.decision_function(test), sur.decision_function(test), rtol=1e-5, atol=1e-5)
+
+
+def test_robust_unimodal_scale(setup):
+    """unimodal_scale="robust": each modality's held-out errors are located and scaled by their
+    median and IQR / 1.349 (the sd for normal data; unmoved by a few far-off held-out samples);
+    early and cross are unchanged, unimodal and late move."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(20000)
+    np.testing.assert_allclose(_loc_scale(x, robust=True), _loc_scale(x), atol=0.03)
+    x[:200] = 1e3  # 1% far outliers: sd x ~10, the robust scale barely moves
+    loc, scale = _loc_scale(x, robust=True)
+    q1, med, q3 = np.percentile(x, [25, 50, 75])
+    assert (loc, scale) == (med, (q3 - q1) / 1.349) and scale < 1.1 and _loc_scale(x)[1] > 90
+    assert _loc_scale(np.ones(5), robust=True) == (1.0, 1.0) and _loc_scale(np.zeros(0), robust=True) == (0.0, 1.0)
+    # the fitted detector's normalisers refitted on its held-out rows with the robust scale
+    det, train, test, _ = setup
+    rob = MultimodalDetector(**{**det.get_params(), "unimodal_scale": "robust"})
+    rob.__dict__.update({k: v for k, v in det.__dict__.items() if k.endswith("_") and not k.startswith("_")})
+    values, present = rob._prepare(train, fitting=False)
+    _, cal = rob._calibration_split(len(present))
+    emb, rec = rob._embed([v[cal] for v in values])
+    rob._fit_normalizers(emb, rec, present[cal])
+    _, alone, _ = rob._raw_errors(emb, present[cal])
+    for i in range(2):
+        for stats, err in ((rob.alone_stats_, alone[:, i]), (rob.recon_stats_, rec[:, i])):
+            q1, med, q3 = np.percentile(err.astype(np.float64), [25, 50, 75])
+            np.testing.assert_allclose(stats[:, i], [med, (q3 - q1) / 1.349], rtol=1e-5)
+    d0, d1 = det.decompose(test), rob.decompose(test)
+    np.testing.assert_allclose(d1.early, d0.early, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d1.cross, d0.cross, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(d1.unimodal, d0.unimodal) and np.isfinite(d1.late).all()

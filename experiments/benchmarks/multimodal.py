@@ -59,6 +59,8 @@ def define_flags() -> None:
                       "detector (MultimodalDetector(attention=)); unset: the detector's default.")
     flags.DEFINE_enum("late_scale", None, ["z", "surprise"], "Late-fusion scale of the detector "
                       "(MultimodalDetector(late_scale=)); unset: the detector's default.")
+    flags.DEFINE_enum("unimodal_scale", None, ["sd", "robust"], "Held-out scale of each modality's "
+                      "errors (MultimodalDetector(unimodal_scale=)); unset: the detector's default.")
     flags.DEFINE_string("missing_key", None, "Modality dropped for the config's missing_fraction of the "
                         "test samples (unset: the config's missing_key).")
     flags.DEFINE_boolean("merge", False, "Add this run's results to those already in the .json output "
@@ -123,7 +125,8 @@ def _drop(test, key, kind, frac, seed):
 
 
 def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: str | None = None,
-            late_scale: str | None = None, missing_key: str | None = None) -> dict:
+            late_scale: str | None = None, missing_key: str | None = None,
+            unimodal_scale: str | None = None) -> dict:
     cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
     if missing_key is not None:
         if missing_key not in cfg.modalities:
@@ -145,6 +148,8 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: st
         kwargs["attention"] = attention
     if late_scale is not None:
         kwargs["late_scale"] = late_scale
+    if unimodal_scale is not None:
+        kwargs["unimodal_scale"] = unimodal_scale
     det = MultimodalDetector(modalities=modalities, fusion="dynamic", seed=seed, **kwargs)
     det.fit(split.train)
     fit_s = time.time() - t0
@@ -192,7 +197,7 @@ def run_one(name: str, root: pathlib.Path, seed: int, quick: bool, attention: st
             "n_test": int(len(y)), "counts": {str(k): int((kinds == k).sum()) for k in sorted(set(kinds))},
             "fit_s": fit_s, "score_s": score_s, "auroc": table, "missing": missing, "ceiling": ceiling,
             "mean_weights": mean_w, "flag_rate_normal": flag, "attention": det.attention,
-            "late_scale": det.late_scale}
+            "late_scale": det.late_scale, "unimodal_scale": det.unimodal_scale}
 
 
 def _stat(values, sign: bool = False) -> str:
@@ -269,7 +274,7 @@ def main(argv):
     for name in FLAGS.configs:
         for seed in (int(s) for s in FLAGS.seeds):
             res = run_one(name, root, seed, FLAGS.quick, FLAGS.attention, FLAGS.late_scale,
-                          FLAGS.missing_key)
+                          FLAGS.missing_key, FLAGS.unimodal_scale)
             results = [r for r in results if (r["name"], r.get("seed")) != (name, seed)] + [res]
             print(f"{name} seed {seed}: fit {res['fit_s']:.0f} s; "
                   + json.dumps({r: {k: round(v, 3) for k, v in a.items()} for r, a in res["auroc"].items()
