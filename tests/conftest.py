@@ -17,3 +17,18 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# Parallel runs (`pytest -n 2 --dist loadgroup`, the README's command): the tests of one module
+# share a worker, so its module-scoped fitted detectors and its jit caches are built once rather
+# than once per worker; the notebook executions share no fixture and are the longest tests, so
+# they are spread over the workers one by one (grouped, they ran back to back on one worker).
+_UNGROUPED_MODULES = {"colabs_test"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        if module not in _UNGROUPED_MODULES:
+            item.add_marker(pytest.mark.xdist_group(name=module))
