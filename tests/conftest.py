@@ -29,6 +29,5 @@ _UNGROUPED_MODULES = {"colabs_test"}
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-        if module not in _UNGROUPED_MODULES:
-            item.add_marker(pytest.mark.xdist_group(name=module))
+        if item.path.stem not in _UNGROUPED_MODULES:
+            item.add_marker(pytest.mark.xdist_group(name=item.path.stem))

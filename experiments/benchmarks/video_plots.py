@@ -54,10 +54,16 @@ def _minmax_together(scores: list) -> list:
     return [(s - lo) / (hi - lo + 1e-12) for s in scores]
 
 
-def plot_presets(seed: int, path: pathlib.Path) -> None:
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported only when plotting)."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    return plt
+
+
+def plot_presets(seed: int, path: pathlib.Path) -> None:
+    plt = _pyplot()
     kinds = ("normal",) + video_data.ANOMALY_TYPES
     fig, axes = plt.subplots(len(kinds), 6, figsize=(9, 1.6 * len(kinds)))
     for col0, variant in ((0, "standard"), (3, "varied")):
@@ -80,9 +86,7 @@ def plot_presets(seed: int, path: pathlib.Path) -> None:
 
 
 def plot_scores(seed: int, path: pathlib.Path) -> None:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    plt = _pyplot()
     cfg = video_procedural.get_config()
     cfg.variant = "varied"
     train, test = video_bench.load_split(cfg, seed=seed)
