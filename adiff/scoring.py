@@ -28,6 +28,7 @@ __all__ = [
     "AnomalyScores",
     "reconstruction",
     "density",
+    "elbo",
     "score_norm",
     "dte_nonparametric",
     "dte_time_loss",
@@ -273,6 +274,91 @@ def density(
     from adiff import likelihood  # pylint: disable=g-import-not-at-top
     out = likelihood.log_prob(score_fn, sde, x, key, divergence=divergence, **log_prob_kwargs)
     return AnomalyScores(scores=-out.logp, maps=None)
+
+
+def elbo(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Array,
+    key: PRNGKey,
+    *,
+    num_samples: int = 64,
+    eps: float = 1e-5,
+) -> AnomalyScores:
+    """Variational upper bound on -log p(x) in nats (the density paradigm without an ODE solve).
+
+    The per-sample bound of Song, Durkan, Murray & Ermon (NeurIPS 2021, Theorem 1), written in noise
+    space: with x_t = alpha_t x + sigma_t z, the model's noise estimate e = -sigma_t s(x_t, t) and a
+    linear drift f(x, t) = a(t) x in D dimensions,
+
+        -log p(x) <= -E_z[log pi(x_T)]
+                     + int_eps^T E_z[ g(t)^2 / (2 sigma_t^2) (|e - z|^2 - |z|^2) - a(t) D ] dt.
+
+    The bound is tight when the score is exact and pi is the true marginal at T, so on Gaussian and
+    Gaussian-mixture data it reproduces the closed-form density (tests/scoring_test.py). The prior
+    term is computed in closed form (pi = N(0, prior_std^2 I)); the time integral by Monte Carlo with
+    t drawn from q(t) ~ g^2 / sigma^2 (`adiff.losses.importance_sample_t`, the likelihood-weighting
+    proposal), one noise draw per time. It costs `num_samples` network evaluations per input, against
+    hundreds of D-fold forward-mode products for `density`'s exact divergence, so it scales to
+    image- and latent-sized inputs.
+
+    The draws (times and noise) depend only on `key` and the sample shape and are shared by every
+    input: differences between inputs carry no Monte Carlo noise from different draws (common random
+    numbers), and the same key gives the same draws on every chunk of a dataset, so scores of chunks
+    are comparable. Each draw's estimate is unbiased for the bound; its spread over draws is large
+    in absolute terms, but a control variate on the |z|^2 term (see the code) removes most of it for
+    unit-scale data, and what remains is largely the same for every input.
+
+    Args:
+      score_fn: score_fn(x [B, ...], t [B]) -> score, shape of x.
+      sde: the forward SDE of the model (any adiff SDE: linear drift a(t) x, Gaussian prior).
+      x: [B, ...] inputs.
+      key: PRNG key of the shared draws.
+      num_samples: Monte Carlo draws of (t, z).
+      eps: smallest time of the integral (the bound leaves out [0, eps), where the integrand is
+        bounded for smooth densities).
+
+    Returns:
+      AnomalyScores with scores = the bound on -log p(x) in nats [B] and maps = its per-element
+      terms (shape of x; they sum to the scores).
+    """
+    x = _check_x(x)
+    num_samples = _check_positive_int(num_samples, "num_samples")
+    if key is None:
+        raise ValueError("elbo needs a PRNG key for its Monte Carlo draws; got key=None")
+    if not 0.0 < float(eps) < sde.T:
+        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    from adiff import losses  # pylint: disable=g-import-not-at-top
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    b = x.shape[0]
+    key_t, key_z = jax.random.split(key)
+    ts, q = losses.importance_sample_t(sde, key_t, num_samples, eps=float(eps))
+    zs = jax.random.normal(key_z, (num_samples,) + x.shape[1:], x.dtype)
+
+    def term(carry, tqz):
+        t, qt, z = tqz
+        sigma = sde.sigma(t)
+        xt = sde.alpha(t) * x + sigma * z[None]
+        e = -sigma * score_fn(xt, jnp.full((b,), t, x.dtype))
+        w = sde.diffusion(t) ** 2 / (2.0 * sigma ** 2)
+        # The conditional-score term |z|^2 enters as c |z|^2 + (1 - c) (its mean, 1 per element):
+        # unbiased for any c. c = (alpha^2 / (alpha^2 + sigma^2))^2 is the share of |z|^2 left in
+        # |e - z|^2 for unit-scale data, so the two cancel draw by draw at every t (c -> 1 as t -> 0,
+        # -> 0 as the signal fades) instead of leaving a |z|^2 term of variance 2 D at large t.
+        a2 = sde.alpha(t) ** 2
+        c = (a2 / (a2 + sigma ** 2)) ** 2
+        # Per element, plus the drift's divergence a(t) (D of them sum to div f).
+        per = w * ((e - z[None]) ** 2 - c * z[None] ** 2 - (1.0 - c)) - sde.drift_coef(t)
+        return carry + per / qt, None
+
+    integral, _ = jax.lax.scan(term, jnp.zeros_like(x), (ts, q, zs))
+    integral = integral / num_samples
+    # -E_z[log pi(x_T)], x_T = alpha_T x + sigma_T z, pi = N(0, s^2 I), per element.
+    s2 = sde.prior_std() ** 2
+    alpha_t, sigma_t = sde.alpha(sde.T), sde.sigma(sde.T)
+    prior = 0.5 * math.log(2.0 * math.pi * s2) + 0.5 * (alpha_t ** 2 * x ** 2 + sigma_t ** 2) / s2
+    maps = integral + prior
+    return AnomalyScores(scores=_sum_except_batch(maps), maps=maps)
 
 
 # ------------------------------------------------------------------------------------------------

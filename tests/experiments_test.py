@@ -274,3 +274,20 @@ def test_video_benchmark_smoothed_baselines_match_the_detector_filter():
     sm = out["b + temporal smoothing (sigma 1)"]
     np.testing.assert_allclose(sm[0], _smooth1d(s["b"][0], 1.0))
     assert sm[0][2] < 5.0 and sm[0][1] > 0.0 and sm[0].sum() == pytest.approx(5.0, rel=0.2)
+
+
+def test_core_elbo_benchmark_writes_its_section(tmp_path):
+    out = tmp_path / "core.md"
+    out.write_text("# Core benchmarks\n\n## Likelihood\n\n<!-- BEGIN likelihood -->\nkept\n<!-- END likelihood -->\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.core_elbo", "--dims=2",
+                           "--samples=16", "--keys=2", "--repeats=1", "--rtol=1e-3", "--atol=1e-3",
+                           f"--output={out}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "kept" in text  # the likelihood section is left alone
+    section = text.split("<!-- BEGIN elbo -->")[1].split("<!-- END elbo -->")[0]
+    rows = [l for l in section.splitlines() if l.startswith("| 2 |")]
+    assert len(rows) == 2 and "ELBO, S = 16" in rows[1]

@@ -104,6 +104,65 @@ def test_density_equals_closed_form_and_ranks_outliers():
 
 
 # ---------------------------------------------------------------------------------------------
+# ELBO (variational bound on -log p)
+# ---------------------------------------------------------------------------------------------
+_ELBO_FN = {}
+
+
+def _elbo_mean(score_fn, sde, x, *, reps=16, num_samples=2048):
+    """Mean and standard error over `reps` independent keys of the Monte Carlo bound."""
+    key = (id(score_fn), sde)
+    if key not in _ELBO_FN:
+        _ELBO_FN[key] = jax.jit(lambda x, k: scoring.elbo(score_fn, sde, x, k,
+                                                          num_samples=num_samples).scores)
+    r = np.stack([np.asarray(_ELBO_FN[key](x, jax.random.key(i))) for i in range(reps)])
+    return r.mean(0), r.std(0, ddof=1) / np.sqrt(reps)
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE(sigma_max=20.0)],
+                         ids=["vp", "subvp", "ve"])
+def test_elbo_is_tight_with_the_exact_score(sde):
+    # With the exact score and a prior close to p_T, the bound equals -log p(x) (zero gap); an
+    # error in any term (weights, drift divergence, prior, proposal density) shifts it by O(1).
+    g = analytic.GaussianMixture.create([1.0], [[0.5, -1.0]], [[0.3, 0.8]])
+    x = jnp.array([[0.5, -1.0], [1.5, 0.0], [0.0, -2.0]])
+    mean, se = _elbo_mean(g.score_fn(sde), sde, x)
+    exact = -np.asarray(g.log_prob(x))
+    assert np.all(se < 0.08), se  # precise enough that an O(1) error cannot hide
+    np.testing.assert_array_less(np.abs(mean - exact), 4 * se + 0.02)
+
+
+def test_elbo_bounds_the_cross_entropy_maps_and_shared_draws():
+    x_in = X[:N_IN]
+    exact = -np.asarray(GM.log_prob(x_in)).mean()
+    # Exact score: the bound averages to the entropy E[-log p] (its standard error over keys,
+    # from the mean over points: the draws are shared by the points, so their errors correlate) ...
+    mean, _ = _elbo_mean(SCORE_VP, VP, x_in, reps=8)
+    reps = np.stack([np.asarray(_ELBO_FN[(id(SCORE_VP), VP)](x_in, jax.random.key(i))).mean()
+                     for i in range(8)])
+    se = reps.std(ddof=1) / np.sqrt(len(reps))
+    assert se < 0.1 and abs(mean.mean() - exact) < 4 * se + 0.02, (mean.mean(), exact, se)
+    # ... and another model's bound averages above it (cross-entropy >= entropy).
+    wrong = lambda x, t: 0.7 * SCORE_VP(x, t)
+    mean_w, _ = _elbo_mean(wrong, VP, x_in, reps=4)
+    assert mean_w.mean() > exact + 0.5
+    key = jax.random.key(3)
+    out = scoring.elbo(SCORE_VP, VP, X, key, num_samples=256)
+    assert _auroc(out) > 0.9
+    assert out.maps.shape == X.shape
+    np.testing.assert_allclose(np.asarray(out.maps).sum(1), out.scores, rtol=1e-5, atol=1e-4)
+    # The draws depend on the key only: a chunk scores as it does inside the whole batch.
+    part = scoring.elbo(SCORE_VP, VP, X[5:9], key, num_samples=256)
+    np.testing.assert_allclose(part.scores, np.asarray(out.scores)[5:9], rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="num_samples"):
+        scoring.elbo(SCORE_VP, VP, X, key, num_samples=0)
+    with pytest.raises(ValueError, match="key"):
+        scoring.elbo(SCORE_VP, VP, X, None)
+    with pytest.raises(ValueError, match="eps"):
+        scoring.elbo(SCORE_VP, VP, X, key, eps=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
 # score norm
 # ---------------------------------------------------------------------------------------------
 def test_score_norm_matches_closed_form_and_ranks_outliers():

@@ -281,20 +281,23 @@ def tables(results: List[Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: str, body: str) -> None:
+def write_section(path: str, body: str, *, begin: str = BEGIN, end: str = END,
+                  heading: str = "Likelihood") -> None:
+    """Replaces the text between the `begin` and `end` markers of `path` (appending them, under
+    `heading`, when absent)."""
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     else:
         text = ""
-    if BEGIN not in text or END not in text:
+    if begin not in text or end not in text:
         if not text:
             text = "# Core benchmarks\n\n"
-        text = text.rstrip("\n") + f"\n\n## Likelihood\n\n{BEGIN}\n{END}\n"
-        if TRAIN_BEGIN not in text:  # the train-step benchmark writes its own heading inside
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{begin}\n{end}\n"
+        if begin == BEGIN and TRAIN_BEGIN not in text:  # the train benchmark writes its own heading
             text += f"\n{TRAIN_BEGIN}\n{TRAIN_END}\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: f"{BEGIN}\n{body}\n{END}", text, count=1)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text, count=1)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
