@@ -115,6 +115,32 @@ def test_each_remedy_runs_and_separates(gray, option):
     assert metrics.auroc(labels, res.scores) > 0.75, option
 
 
+def test_elbo_maps_add_up_to_the_bound_and_the_draws_are_shared(gray):
+    det, _, test, labels, masks = gray
+    params = det.get_params()
+    keys = ("scoring", "elbo_samples", "image_score", "map_sigma")
+    try:
+        det.set_params(scoring="elbo", elbo_samples=64, image_score="native", map_sigma=0.0)
+        res = det.analyze(test)
+        # the per-pixel terms add up to the image's bound (the native score)
+        np.testing.assert_allclose(res.maps.reshape(32, -1).sum(1), res.scores, rtol=1e-4)
+        # the same draws for every batch: an image's score does not depend on its batch-mates
+        np.testing.assert_allclose(det.decision_function(test[20:22]), res.scores[20:22], rtol=1e-5)
+        # it is scoring.elbo of the network's score on the [-1, 1] image, with the detector's key
+        net, sde = det._unet(), det._sde
+        x = 2.0 * jnp.asarray(test[:3]) - 1.0
+        score_fn = lambda v, t: -net.apply(det.model_["unet"], v, t) / sde.sigma(t)[:, None, None, None]
+        from adiff import scoring
+        want = scoring.elbo(score_fn, sde, x, jax.random.key(det.seed + 13), num_samples=64).scores
+        np.testing.assert_allclose(res.scores[:3], np.asarray(want), rtol=1e-4)
+        assert metrics.auroc(labels, res.scores) > 0.75
+        with pytest.raises(ValueError, match="Gaussian"):
+            det.set_params(noise="simplex")
+            det.decision_function(test[:2])
+    finally:
+        det.set_params(**{k: params[k] for k in keys + ("noise",)})
+
+
 def test_denoise_is_the_x0_error_and_independent_of_the_batch(gray):
     det, _, test, labels, masks = gray
     params = det.get_params()

@@ -35,13 +35,17 @@ Density-style scorers (no reconstruction, hence no identity shortcut to remedy):
   finds unlikely get large errors. Mid-range times (0.3 - 0.7 on the VP SDE) carry the shape
   information; small times only local texture.
 - `scoring="score_norm"`: the norm of sigma_t times the score at small times (`t0`).
+- `scoring="elbo"`: the density paradigm, the variational bound on -log p(x) in nats
+  (`adiff.scoring.elbo`) with `elbo_samples` draws of (t, z) shared by every image (in the
+  latent space with `latent=True`); the map holds each pixel's terms of the bound (summed over
+  channels), so it adds up to the bound, which is the "native" image score. Gaussian noise only.
 
 Maps: per-pixel distance between the input and its reconstruction, averaged over channels, over
 `map_scales` (distance between 2x2, 4x4, ... average-pooled images, upsampled back: a smoothed,
 multi-scale error) and over the t0 values and `repeats`; then a Gaussian blur of std
 `map_sigma` pixels; maps are returned at the input resolution. The image score is the map's
 max, the mean of its top `topk` fraction, its mean, or ("native") the scorer's own image score
-(reconstruction: mean error; score_norm: ||sigma_t s(x, t)||).
+(reconstruction: mean error; score_norm: ||sigma_t s(x, t)||; elbo: the bound in nats).
 
 Scoring hyper-parameters (t0, solver, solver_steps, eta, repeats, scoring, mask_*, guidance,
 map_*, image_score, topk) may be changed after fit with `set_params`; the network is reused, so
@@ -69,7 +73,7 @@ from adiff.training import trainer
 
 __all__ = ["ImageDetector", "ImageAnalysis", "SCORINGS", "SOLVERS", "IMAGE_SCORES"]
 
-SCORINGS = ("reconstruction", "masked", "score_norm", "denoise")
+SCORINGS = ("reconstruction", "masked", "score_norm", "denoise", "elbo")
 SOLVERS = ("ddim", "dpm_solver_pp", "reverse_diffusion", "euler_maruyama", "pc")
 IMAGE_SCORES = ("max", "topk", "mean", "native")
 DISTANCES = ("squared", "absolute")
@@ -163,8 +167,9 @@ class ImageDetector(BaseDetector):
       batch_size: training batch size (capped at the number of training images).
       learning_rate: AdamW peak learning rate.
       ema_decay: decay of the parameter EMA used for scoring.
-      scoring: "reconstruction", "masked" (patch-masked inpainting), "score_norm" or "denoise"
-        (one-step denoising error over a band of times; see the module docstring).
+      scoring: "reconstruction", "masked" (patch-masked inpainting), "score_norm", "denoise"
+        (one-step denoising error over a band of times) or "elbo" (the likelihood bound; see the
+        module docstring).
       t0: partial-diffusion start time(s) in (0, 1] for "reconstruction" (the times of
         "score_norm" and "denoise").
       solver: "ddim", "dpm_solver_pp" (structured noise needs one of these two), or a stochastic
@@ -182,6 +187,7 @@ class ImageDetector(BaseDetector):
       map_scales: pooling factors of the multi-scale error (1 = pixels).
       map_sigma: Gaussian blur std of the maps in pixels of the working resolution (0 = off).
       image_score: "max", "topk", "mean" or "native" (see the module docstring).
+      elbo_samples: Monte Carlo draws (t, noise) of scoring="elbo", shared by every image.
       topk: fraction of map pixels averaged by image_score="topk".
       score_batch_size: images per scoring call (fixed, padded; memory stays flat in N).
       verbose: print training progress.
@@ -202,7 +208,7 @@ class ImageDetector(BaseDetector):
                  mask_t0: float = 1.0, guidance: float = 0.0, distance: str = "squared",
                  map_scales: Sequence[int] = (1,), map_sigma: float = 0.0,
                  image_score: str = "topk", topk: float = 0.01, score_batch_size: int = 64,
-                 verbose: bool = False):
+                 elbo_samples: int = 256, verbose: bool = False):
         self.contamination = contamination
         self.seed = seed
         self.image_size = image_size
@@ -239,6 +245,7 @@ class ImageDetector(BaseDetector):
         self.image_score = image_score
         self.topk = topk
         self.score_batch_size = score_batch_size
+        self.elbo_samples = elbo_samples
         self.verbose = verbose
 
     # -- validation ----------------------------------------------------------------------------
@@ -273,8 +280,11 @@ class ImageDetector(BaseDetector):
         validation.check_choice(self.solver, SOLVERS, name="solver")
         validation.check_choice(self.image_score, IMAGE_SCORES, name="image_score")
         validation.check_choice(self.distance, DISTANCES, name="distance")
-        for name in ("solver_steps", "repeats", "mask_patch", "score_batch_size"):
+        for name in ("solver_steps", "repeats", "mask_patch", "score_batch_size", "elbo_samples"):
             validation.check_positive_int(getattr(self, name), name=name)
+        if self.scoring == "elbo" and self.noise != "gaussian":
+            raise ValueError(f"scoring='elbo' is the bound of a Gaussian diffusion; got "
+                             f"noise={self.noise!r}")
         if validation.check_positive_int(self.num_masks, name="num_masks") < 2:
             raise ValueError(f"num_masks must be >= 2, got {self.num_masks}")
         if not self.t0 or any(not 0.0 < float(t) <= 1.0 for t in self.t0):
@@ -476,7 +486,7 @@ class ImageDetector(BaseDetector):
                 int(self.solver_steps), float(self.eta), int(self.repeats), int(self.mask_patch),
                 int(self.num_masks), float(self.mask_t0), float(self.guidance), self.distance,
                 tuple(int(s) for s in self.map_scales), float(self.map_sigma), self.image_score,
-                float(self.topk))
+                float(self.topk), int(self.elbo_samples))
 
     def _build(self, in_hw: Tuple[int, int]):
         """The jitted per-batch function (params, x [B, H, W, C] in [-1, 1], key) -> outputs."""
@@ -499,6 +509,7 @@ class ImageDetector(BaseDetector):
             masks = jnp.asarray(_patch_masks(dshape[0], dshape[1], patch, int(self.num_masks)))
         mask_t0 = float(self.mask_t0)
         denoise_key = jax.random.key(self.seed + 13)
+        elbo_samples = int(self.elbo_samples)
 
         def solver_kwargs(masked: bool) -> Dict[str, Any]:
             kw: Dict[str, Any] = {"num_steps": steps}
@@ -550,6 +561,13 @@ class ImageDetector(BaseDetector):
                 maps = err / (len(t0s) * repeats)
                 recon = rec_sum / (len(t0s) * repeats)  # mean clean-image estimate
                 native = jnp.mean(maps.reshape(maps.shape[0], -1), axis=-1)
+            elif scoring == "elbo":
+                # Fixed draws (independent of the batch key), as for "denoise".
+                res = scoring_lib.elbo(score_fn, sde, u, denoise_key, num_samples=elbo_samples)
+                m = jnp.sum(res.maps, axis=-1)  # [B, h', w'] nats per position
+                maps = self._resize(m[..., None], work)[..., 0]
+                native = res.scores
+                recon = xw
             elif scoring == "score_norm":
                 res = scoring_lib.score_norm(score_fn, sde, u, ts=t0s)
                 m = jnp.mean(res.maps, axis=-1)  # [B, h', w'] in diffusion space
