@@ -109,14 +109,18 @@ def test_density_equals_closed_form_and_ranks_outliers():
 _ELBO_FN = {}
 
 
-def _elbo_mean(score_fn, sde, x, *, reps=16, num_samples=2048):
-    """Mean and standard error over `reps` independent keys of the Monte Carlo bound."""
-    key = (id(score_fn), sde)
+def _elbo_runs(score_fn, sde, x, *, reps=16, num_samples=2048):
+    """The Monte Carlo bound under `reps` independent keys: [reps, B]. One compiled function per
+    (score_fn, sde, num_samples); keyed by the function itself, which the cache keeps alive."""
+    key = (score_fn, sde, num_samples)
     if key not in _ELBO_FN:
         _ELBO_FN[key] = jax.jit(lambda x, k: scoring.elbo(score_fn, sde, x, k,
                                                           num_samples=num_samples).scores)
-    r = np.stack([np.asarray(_ELBO_FN[key](x, jax.random.key(i))) for i in range(reps)])
-    return r.mean(0), r.std(0, ddof=1) / np.sqrt(reps)
+    return np.stack([np.asarray(_ELBO_FN[key](x, jax.random.key(i))) for i in range(reps)])
+
+
+def _se(runs):
+    return runs.std(0, ddof=1) / np.sqrt(len(runs))
 
 
 @pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.SubVPSDE(), sde_lib.VESDE(sigma_max=20.0)],
@@ -126,7 +130,8 @@ def test_elbo_is_tight_with_the_exact_score(sde):
     # error in any term (weights, drift divergence, prior, proposal density) shifts it by O(1).
     g = analytic.GaussianMixture.create([1.0], [[0.5, -1.0]], [[0.3, 0.8]])
     x = jnp.array([[0.5, -1.0], [1.5, 0.0], [0.0, -2.0]])
-    mean, se = _elbo_mean(g.score_fn(sde), sde, x)
+    runs = _elbo_runs(g.score_fn(sde), sde, x)
+    mean, se = runs.mean(0), _se(runs)
     exact = -np.asarray(g.log_prob(x))
     assert np.all(se < 0.08), se  # precise enough that an O(1) error cannot hide
     np.testing.assert_array_less(np.abs(mean - exact), 4 * se + 0.02)
@@ -137,15 +142,12 @@ def test_elbo_bounds_the_cross_entropy_maps_and_shared_draws():
     exact = -np.asarray(GM.log_prob(x_in)).mean()
     # Exact score: the bound averages to the entropy E[-log p] (its standard error over keys,
     # from the mean over points: the draws are shared by the points, so their errors correlate) ...
-    mean, _ = _elbo_mean(SCORE_VP, VP, x_in, reps=8)
-    reps = np.stack([np.asarray(_ELBO_FN[(id(SCORE_VP), VP)](x_in, jax.random.key(i))).mean()
-                     for i in range(8)])
-    se = reps.std(ddof=1) / np.sqrt(len(reps))
-    assert se < 0.1 and abs(mean.mean() - exact) < 4 * se + 0.02, (mean.mean(), exact, se)
+    per_key = _elbo_runs(SCORE_VP, VP, x_in, reps=8).mean(1)
+    se = _se(per_key)
+    assert se < 0.1 and abs(per_key.mean() - exact) < 4 * se + 0.02, (per_key.mean(), exact, se)
     # ... and another model's bound averages above it (cross-entropy >= entropy).
     wrong = lambda x, t: 0.7 * SCORE_VP(x, t)
-    mean_w, _ = _elbo_mean(wrong, VP, x_in, reps=4)
-    assert mean_w.mean() > exact + 0.5
+    assert _elbo_runs(wrong, VP, x_in, reps=4).mean() > exact + 0.5
     key = jax.random.key(3)
     out = scoring.elbo(SCORE_VP, VP, X, key, num_samples=256)
     assert _auroc(out) > 0.9

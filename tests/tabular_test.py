@@ -274,5 +274,8 @@ def test_elbo_scoring_shares_draws_across_batches_and_masks_missing_entries():
     gap[:, 1] = np.nan
     g = det.decision_function(gap)
     assert np.isfinite(g).all() and not np.allclose(g, s[:4])
+    # A scoring parameter changed after fit takes effect (the compiled scorer is not reused).
+    det.set_params(elbo_samples=64)
+    assert not np.allclose(det.decision_function(x_test[:4]), s[:4])
     with pytest.raises(ValueError, match="elbo_samples"):
         adiff.TabularDetector(scoring="elbo", elbo_samples=0, **TINY).fit(x_train)

@@ -361,8 +361,12 @@ class TabularDetector(BaseDetector):
 
     # -- scoring ------------------------------------------------------------------------------
     def _jitted(self, name: str):
-        if name in getattr(self, "_scorers", {}):
-            return self._scorers[name]
+        # The closures below read these scoring parameters when traced, so they are part of the
+        # cache key: a set_params after fit recompiles instead of being ignored.
+        cache_key = (name, tuple(float(t) for t in self.t0), int(self.solver_steps),
+                     int(self.elbo_samples))
+        if cache_key in getattr(self, "_scorers", {}):
+            return self._scorers[cache_key]
         net, sde = self._score_net(), self._sde
 
         def score_fn_of(p, obs):
@@ -401,7 +405,7 @@ class TabularDetector(BaseDetector):
             raise AssertionError(name)
         jitted = jax.jit(fn)
         self._scorers = getattr(self, "_scorers", {})
-        self._scorers[name] = jitted
+        self._scorers[cache_key] = jitted
         return jitted
 
     def _batched(self, fn, params, values, observed) -> np.ndarray:

@@ -287,15 +287,16 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
     configured = cfg.get("configured", "denoise")  # which scorer block heads the table
     if configured not in ("denoise", "elbo"):
         raise ValueError(f"config.configured must be 'denoise' or 'elbo', got {configured!r}")
+    configured_row = (den_rows if configured == "denoise" else elbo_rows)[0][0]
     den_res = None
     if quick:  # the configured row only
         den_rows, elbo_rows = den_rows[:1], (elbo_rows[:1] if configured == "elbo" else [])
-    for i, (name, kw) in enumerate(den_rows + elbo_rows):
+    for name, kw in den_rows + elbo_rows:
         det.set_params(**{**_score_defaults(base), **kw})
         res, ips, total = timed_analyze(det, test.images)
         ab_rows[name] = {**evaluate(test, res.scores, res.maps), "images_per_s": ips}
         log(name, ab_rows[name])
-        if (configured == "denoise" and i == 0) or (configured == "elbo" and kw is elbo):
+        if name == configured_row:
             rows[f"adiff ({configured}, configured)"] = ab_rows[name]
             den_res = res
     det.set_params(**_score_defaults(base))
