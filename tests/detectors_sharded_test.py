@@ -30,7 +30,8 @@ print(json.dumps(out))
 
 def _run(ndev):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}", JAX_PLATFORMS="cpu")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev} "
+               + os.environ.get("ADIFF_TEST_XLA_FLAGS", ""), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -179,14 +179,14 @@ def test_multihost_two_processes_match_one(tmp_path):
         port = sock.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = os.environ.get("ADIFF_TEST_XLA_FLAGS", "")  # no device count from a parent
     cmds = [[sys.executable, "-m", "experiments.main", *_GMM_TINY, f"--workdir={tmp_path / 'multi'}",
              "--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
              f"--process_id={i}"] for i in range(2)]
     # The reference: one process, two CPU devices, the same global batch and mesh shape.
     cmds.append([sys.executable, "-m", "experiments.main", *_GMM_TINY,
                  f"--workdir={tmp_path / 'single'}"])
-    envs = [env, env, dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")]
+    envs = [env, env, dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2 " + env["XLA_FLAGS"])]
     procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for c, e in zip(cmds, envs)]
     from tests.multihost_test import communicate_all  # pylint: disable=import-outside-toplevel

@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _WORKER = textwrap.dedent(r'''
     import json, os, sys
     os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ.pop("XLA_FLAGS", None)
+    os.environ["XLA_FLAGS"] = os.environ.get("ADIFF_TEST_XLA_FLAGS", "")
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     pid, port, workdir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

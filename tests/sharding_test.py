@@ -21,7 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _SCRIPT = textwrap.dedent(r'''
     import json, os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
+                               + os.environ.get("ADIFF_TEST_XLA_FLAGS", ""))
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, numpy as np, optax
     import flax.linen as nn
