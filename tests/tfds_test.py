@@ -13,6 +13,14 @@ from adiff.data import tabular, timeseries  # pylint: disable=wrong-import-posit
 from adiff.data import tfds_builders as tb  # pylint: disable=wrong-import-position
 
 
+@pytest.fixture(autouse=True)
+def _tfds_temp_dirs_in_tmp_path(tmp_path, monkeypatch):
+    # tfds' DatasetInfo.initialize_from_bucket makes an empty tempfile.mkdtemp("tfds") directory for
+    # every builder created before its data is prepared, and never removes it (GCS is disabled, so
+    # it returns at once). Point tempfile at the test's own directory so none collect in /tmp.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+
+
 def _build(cls, config, data_dir, manual_dir):
     builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare(
