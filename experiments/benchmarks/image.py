@@ -288,7 +288,7 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
     if configured not in ("denoise", "elbo"):
         raise ValueError(f"config.configured must be 'denoise' or 'elbo', got {configured!r}")
     configured_row = (den_rows if configured == "denoise" else elbo_rows)[0][0]
-    den_res = None
+    configured_res = None
     if quick:  # the configured row only
         den_rows, elbo_rows = den_rows[:1], (elbo_rows[:1] if configured == "elbo" else [])
     for name, kw in den_rows + elbo_rows:
@@ -298,7 +298,7 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
         log(name, ab_rows[name])
         if name == configured_row:
             rows[f"adiff ({configured}, configured)"] = ab_rows[name]
-            den_res = res
+            configured_res = res
     det.set_params(**_score_defaults(base))
 
     # -- structured-noise model -----------------------------------------------------------
@@ -357,7 +357,7 @@ def run_magnetic_tile(seed: int, cfg, size: int, steps: int, quick: bool, figure
     # -- figure -----------------------------------------------------------------------------
     if figure_dir is not None:
         _figure(test, best, ae_maps, ae_rec, figure_dir / f"magnetic_tile_seed{seed}.png", seed,
-                denoise=den_res, scorer=configured)
+                configured=configured_res, scorer=configured)
     return {"rows": rows, "ablation": ab_rows, "steps": step_rows, "n_train": int(len(train)),
             "n_test": int(len(test)), "n_anomalous": int(test.labels.sum()), "n_subset": int(n_sub),
             "train_seconds_gaussian": train_time}
@@ -385,9 +385,9 @@ def _score_defaults(base: dict) -> dict:
                 score_batch_size=base["score_batch_size"], eta=0.0, repeats=1)
 
 
-def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int, denoise=None,
+def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int, configured=None,
             scorer: str = "denoise"):
-    """Inputs, masks, reconstructions and maps; `denoise` is the configured scorer's analysis
+    """Inputs, masks, reconstructions and maps; `configured` is the configured scorer's analysis
     (named `scorer`; only "denoise" has a clean-image estimate worth showing)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -401,9 +401,10 @@ def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int, denoise=
             ("mask", lambda i: test.masks[i], "gray"),
             ("adiff recon.", lambda i: best.reconstructions[i, ..., 0], "gray"),
             ("adiff map", lambda i: best.maps[i], "inferno"),
-            *([("denoise x0 est.", lambda i: denoise.reconstructions[i, ..., 0], "gray")]
-              if denoise is not None and scorer == "denoise" else []),
-            *([(f"{scorer} map", lambda i: denoise.maps[i], "inferno")] if denoise is not None else []),
+            *([("denoise x0 est.", lambda i: configured.reconstructions[i, ..., 0], "gray")]
+              if configured is not None and scorer == "denoise" else []),
+            *([(f"{scorer} map", lambda i: configured.maps[i], "inferno")]
+              if configured is not None else []),
             ("AE recon.", lambda i: ae_rec[i, ..., 0], "gray"),
             ("AE map", lambda i: ae_maps[i], "inferno")]
     fig, axes = plt.subplots(len(rows), len(picks), figsize=(1.4 * len(picks), 1.4 * len(rows)))
