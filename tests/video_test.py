@@ -299,3 +299,40 @@ def test_flow_motion_conditioning(tmp_path):
             det.set_params(motion="flow")
     with pytest.raises(ValueError, match="motion"):
         VideoDetector(motion="optical").fit(clips)
+
+
+def test_bidirectional_is_the_mean_of_a_forward_and_a_reversed_model(tmp_path):
+    # direction="both" must equal the session-11 probe's construction: the mean of a forward
+    # detector and the same detector fitted on reversed clips, its scores reversed back.
+    clips = video_data.make_procedural(4, num_clips=2, num_frames=10, size=16).clips
+    kw = dict(base_channels=4, groups=2, channel_mults=(1,), train_steps=3, batch_size=8, seed=3)
+    both = VideoDetector(direction="both", **kw).fit(clips)
+    fwd = VideoDetector(**kw).fit(clips)
+    bwd = VideoDetector(**kw).fit([c[::-1] for c in clips])
+    s = both.decision_function(clips[1])
+    expect = (fwd.decision_function(clips[1]) + bwd.decision_function(clips[1][::-1])[::-1]) / 2
+    np.testing.assert_allclose(s, expect, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(s, fwd.decision_function(clips[1]))  # the backward half counts
+    np.testing.assert_allclose(both.target_scale_bwd_, bwd.target_scale_, rtol=1e-6)
+    maps = both.anomaly_map(clips[1])
+    np.testing.assert_allclose(maps, (fwd.anomaly_map(clips[1]) + bwd.anomaly_map(clips[1][::-1])[::-1]) / 2,
+                               rtol=1e-5, atol=1e-7)
+    # Both models persist and reload.
+    both.save(tmp_path / "both")
+    again = base_lib.load(tmp_path / "both")
+    assert again.direction == "both"
+    np.testing.assert_allclose(again.decision_function(clips[1]), s, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="changed after fit"):
+        both.set_params(direction="forward")
+        try:
+            both.decision_function(clips[1])
+        finally:
+            both.set_params(direction="both")
+    with pytest.raises(ValueError, match="direction"):
+        VideoDetector(direction="backwards", **kw).fit(clips)
+    with pytest.raises(ValueError, match="paradigm='prediction'"):
+        VideoDetector(direction="both", paradigm="reconstruction", **kw).fit(clips)
+    # With optical flow the backward model's flow is recomputed on the reversed frames.
+    flow = VideoDetector(direction="both", motion="flow", context_frames=3, **kw).fit(clips)
+    f = flow.decision_function(clips[0])
+    assert f.shape == (10,) and np.all(np.isfinite(f)) and flow.flow_scale_bwd_ > 0

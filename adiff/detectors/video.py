@@ -29,6 +29,12 @@ Paradigms:
   not by the scene: Ped2 frame AUROC was at chance (0.49). A v- (or x0-) parameterised model
   gives a well-conditioned posterior mean at every t, and the residual target removes the
   background from what must be generated (docs/results/video.md).
+  `direction="both"` (prediction only) fits a second, backward model of the same settings on
+  the time-reversed clips: it predicts frame t from the K *following* frames. A frame's raw score,
+  map and prediction are the mean of the forward and the backward ones. Why: a forward model
+  scores the first normal frames after an anomalous interval high, because they are predicted
+  from anomalous context; the backward model has that carry-over before the interval instead, so
+  the mean halves both (docs/results/video.md, sessions 11 and 15). It doubles fit and score time.
 - "reconstruction": an unconditional diffusion model of short clips (the K + 1 frames t-K..t
   stacked along channels); scoring noises the clip to time `t0`, reconstructs it with DDIM and
   measures the error of the last frame.
@@ -58,7 +64,7 @@ from adiff.detectors.base import BaseDetector
 from adiff.nets.unet import UNet
 from adiff.training import trainer
 
-__all__ = ["VideoDetector", "PARADIGMS", "MOTIONS", "TARGETS", "PARAMETERIZATIONS", "SCORES",
+__all__ = ["VideoDetector", "PARADIGMS", "MOTIONS", "TARGETS", "PARAMETERIZATIONS", "SCORES", "DIRECTIONS",
            "FRAME_SCORES", "NORMALIZATIONS", "optical_flow"]
 
 PARADIGMS = ("prediction", "reconstruction")
@@ -66,13 +72,16 @@ MOTIONS = ("diff", "flow", "none")
 TARGETS = ("residual", "frame")
 PARAMETERIZATIONS = ("v", "eps", "x0")
 SCORES = ("sample", "denoise")
+DIRECTIONS = ("forward", "both")
 FRAME_SCORES = ("topk", "max", "mean")
 NORMALIZATIONS = ("none", "minmax", "zscore")
 DISTANCES = ("squared", "absolute")
 _FIT_PARAMS = ("paradigm", "context_frames", "motion", "target", "parameterization", "image_size",
-               "base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "groups")
-# Models saved before `target` / `parameterization` existed were frame-target, eps models.
-_LEGACY_FIT = {"target": "frame", "parameterization": "eps"}
+               "base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "groups",
+               "direction")
+# Models saved before `target` / `parameterization` existed were frame-target, eps models; those
+# saved before `direction` existed were forward-only.
+_LEGACY_FIT = {"target": "frame", "parameterization": "eps", "direction": "forward"}
 
 
 def _norm(v):
@@ -172,6 +181,9 @@ class VideoDetector(BaseDetector):
       target: "residual" (diffuse frame_t - frame_{t-1}, scaled to unit std) or "frame"
         (prediction paradigm only; the reconstruction paradigm always diffuses the clip).
       parameterization: network output, "v", "eps" or "x0" (see `adiff.parameterization`).
+      direction: "forward" (predict frame t from the K previous frames) or "both" (also a
+        backward model fitted on reversed clips; scores, maps and predictions are the mean of the
+        two; prediction paradigm only; twice the fit and score time).
       image_size: working resolution: None (the training frames' size), an int (square) or
         (height, width); both divisible by 2 ** (len(channel_mults) - 1).
       base_channels, channel_mults, num_res_blocks, attention_resolutions, groups: the UNet.
@@ -194,7 +206,8 @@ class VideoDetector(BaseDetector):
 
     def __init__(self, *, contamination: float = 0.1, seed: int = 0,
                  paradigm: str = "prediction", context_frames: int = 2, motion: str = "diff",
-                 target: str = "residual", parameterization: str = "v", image_size=None, base_channels: int = 32, channel_mults: Sequence[int] = (1, 2, 2),
+                 target: str = "residual", parameterization: str = "v", direction: str = "forward",
+                 image_size=None, base_channels: int = 32, channel_mults: Sequence[int] = (1, 2, 2),
                  num_res_blocks: int = 1, attention_resolutions: Sequence[int] = (),
                  groups: int = 8, train_steps: int = 1000, batch_size: int = 32,
                  learning_rate: float = 1e-3, ema_decay: float = 0.995, score: str = "sample",
@@ -209,6 +222,7 @@ class VideoDetector(BaseDetector):
         self.motion = motion
         self.target = target
         self.parameterization = parameterization
+        self.direction = direction
         self.image_size = tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
         self.base_channels = base_channels
         self.channel_mults = tuple(channel_mults)
@@ -239,6 +253,9 @@ class VideoDetector(BaseDetector):
         validation.check_choice(self.motion, MOTIONS, name="motion")
         validation.check_choice(self.target, TARGETS, name="target")
         validation.check_choice(self.parameterization, PARAMETERIZATIONS, name="parameterization")
+        validation.check_choice(self.direction, DIRECTIONS, name="direction")
+        if self.direction == "both" and self.paradigm != "prediction":
+            raise ValueError(f"direction='both' needs paradigm='prediction', got {self.paradigm!r}")
         for name in ("context_frames", "base_channels", "num_res_blocks", "groups",
                      "train_steps", "batch_size"):
             validation.check_positive_int(getattr(self, name), name=name)
@@ -420,8 +437,27 @@ class VideoDetector(BaseDetector):
             log_every=max(1, steps // 5), checkpoint_every=steps, seed=self.seed)
 
     # -- fit -----------------------------------------------------------------------------------
+    def _reversed(self, clip: np.ndarray) -> np.ndarray:
+        """A prepared clip in reverse time order (flow channels, if any, recomputed: the flow into
+        frame t then comes from frame t + 1)."""
+        c = self.n_channels_
+        frames = clip[::-1, ..., :c]
+        if self._flow():
+            return np.concatenate([frames, optical_flow(frames)], axis=-1)
+        return np.ascontiguousarray(frames)
+
     def _fit(self, X, y=None) -> None:
         self.fit_params_ = {k: _norm(getattr(self, k)) for k in _FIT_PARAMS}
+        self.params_, self.target_scale_, self.flow_scale_ = self._train(X)
+        if self.direction == "both":
+            # Same settings and seed on the reversed clips: the backward model.
+            self.params_bwd_, self.target_scale_bwd_, self.flow_scale_bwd_ = self._train(
+                [self._reversed(c) for c in X])
+        self.n_train_ = int(sum(len(c) for c in X))
+        self._cache = {}
+
+    def _train(self, X) -> tuple:
+        """Trains one model on prepared clips; returns (EMA params, target scale, flow scale)."""
         k = int(self.context_frames)
         # Training windows start at frame K (full real context); short clips contribute none.
         wins = [self._windows(c)[k:] for c in X]
@@ -437,14 +473,12 @@ class VideoDetector(BaseDetector):
         if self._residual():
             sd = float(np.std(data[:, -1, ..., :c] - data[:, -2, ..., :c]))
             scale = 1.0 / sd if sd > 1e-6 else 1.0
-        self.target_scale_ = scale
         # The conditioning flows (between context frames) to unit std as well: pixels of
         # displacement, mostly ~0 on the static background.
         flow_scale = 1.0
         if self._flow():
             sd = float(np.std(data[:, 1:-1, ..., c:]))
             flow_scale = 1.0 / sd if sd > 1e-6 else 1.0
-        self.flow_scale_ = flow_scale
         kind = self.parameterization
         net, sde = self._unet(), self._sde
         xs, cs = self._shapes()
@@ -459,9 +493,7 @@ class VideoDetector(BaseDetector):
 
         res = trainer.fit(loss_fn, params, data, config=self._train_config(len(data)),
                           progress=self.verbose)
-        self.params_ = res.state.ema_params
-        self.n_train_ = int(sum(len(c) for c in X))
-        self._cache = {}
+        return res.state.ema_params, scale, flow_scale
 
     # -- scoring -------------------------------------------------------------------------------
     def _score_key(self) -> tuple:
@@ -469,7 +501,7 @@ class VideoDetector(BaseDetector):
                 self.distance, float(self.map_sigma), self.frame_score, float(self.topk),
                 int(self.score_batch_size))
 
-    def _build(self):
+    def _build(self, scale: float, flow_scale: float):
         net, sde = self._unet(), self._sde
         t0, steps, eta = float(self.t0), int(self.solver_steps), float(self.eta)
         n_samples, dist = int(self.num_samples), self.distance
@@ -478,8 +510,7 @@ class VideoDetector(BaseDetector):
         recon = self.paradigm == "reconstruction"
         residual = self._residual()
         kind, mode = self.parameterization, self.score
-        scale = float(getattr(self, "target_scale_", 1.0))
-        flow_scale = float(getattr(self, "flow_scale_", 1.0))
+        scale, flow_scale = float(scale), float(flow_scale)
         split = self._split
 
         def fn(params, win, key):
@@ -527,13 +558,27 @@ class VideoDetector(BaseDetector):
         return jax.jit(fn)
 
     def _raw_clip(self, clip: np.ndarray, clip_index: int):
-        """Raw frame scores [T], maps [T, h, w] and predictions [T, h, w, C] of one prepared clip."""
-        key_c = self._score_key()
+        """Raw frame scores [T], maps [T, h, w] and predictions [T, h, w, C] of one prepared clip
+        (direction="both": the mean of the forward model's and the backward model's)."""
+        fwd = self._raw_one(clip, clip_index, "forward")
+        if self.direction != "both":
+            return fwd
+        bwd = self._raw_one(self._reversed(clip), clip_index, "backward")
+        return tuple((a + b[::-1]) / 2 for a, b in zip(fwd, bwd))
+
+    def _raw_one(self, clip: np.ndarray, clip_index: int, which: str):
+        """`_raw_clip` of one model: "forward", or "backward" on an already reversed clip."""
+        if which == "forward":
+            params = self.params_
+            scales = (getattr(self, "target_scale_", 1.0), getattr(self, "flow_scale_", 1.0))
+        else:
+            params, scales = self.params_bwd_, (self.target_scale_bwd_, self.flow_scale_bwd_)
+        key_c = (which,) + self._score_key()
         cache = getattr(self, "_cache", None)
         if cache is None:
             cache = self._cache = {}
         if key_c not in cache:
-            cache[key_c] = self._build()
+            cache[key_c] = self._build(*scales)
         fn = cache[key_c]
         k = int(self.context_frames)
         wins = self._windows(clip)
@@ -550,7 +595,7 @@ class VideoDetector(BaseDetector):
             m = len(wb)
             if m < bs:
                 wb = np.concatenate([wb, np.repeat(wb[-1:], bs - m, axis=0)])
-            s, mp, pr = fn(self.params_, jnp.asarray(wb), jax.random.fold_in(key, i))
+            s, mp, pr = fn(params, jnp.asarray(wb), jax.random.fold_in(key, i))
             s_out.append(np.asarray(s)[:m])
             m_out.append(np.asarray(mp)[:m])
             p_out.append(np.asarray(pr)[:m])
@@ -627,6 +672,10 @@ class VideoDetector(BaseDetector):
                 "n_channels": self.n_channels_, "work_hw": list(self.work_hw_),
                 "fit_params": self.fit_params_, "target_scale": float(self.target_scale_),
                 "flow_scale": float(getattr(self, "flow_scale_", 1.0))}
+        if self.direction == "both":
+            meta.update(target_scale_bwd=float(self.target_scale_bwd_),
+                        flow_scale_bwd=float(self.flow_scale_bwd_))
+            return meta, jax.tree.map(np.asarray, {"forward": self.params_, "backward": self.params_bwd_})
         return meta, jax.tree.map(np.asarray, self.params_)
 
     def _abstract_arrays(self, meta):
@@ -635,8 +684,9 @@ class VideoDetector(BaseDetector):
         self.work_hw_ = tuple(int(v) for v in meta["work_hw"])
         net = self._unet()
         xs, cs = self._shapes()
-        return jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1,) + xs), jnp.zeros((1,)),
-                                               None if cs is None else jnp.zeros((1,) + cs)))
+        one = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1,) + xs), jnp.zeros((1,)),
+                                              None if cs is None else jnp.zeros((1,) + cs)))
+        return {"forward": one, "backward": one} if self.direction == "both" else one
 
     def _import(self, meta, arrays):
         self.n_train_ = int(meta["n_train"])
@@ -650,5 +700,11 @@ class VideoDetector(BaseDetector):
             if k not in self.fit_params_:
                 self.fit_params_[k] = v
                 setattr(self, k, v)
-        self.params_ = jax.tree.map(jnp.asarray, arrays)
+        if self.direction == "both":
+            self.params_ = jax.tree.map(jnp.asarray, arrays["forward"])
+            self.params_bwd_ = jax.tree.map(jnp.asarray, arrays["backward"])
+            self.target_scale_bwd_ = float(meta["target_scale_bwd"])
+            self.flow_scale_bwd_ = float(meta["flow_scale_bwd"])
+        else:
+            self.params_ = jax.tree.map(jnp.asarray, arrays)
         self._cache = {}

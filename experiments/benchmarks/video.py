@@ -16,6 +16,7 @@ comparison.
 Overrides (multi-seed runs and options): --procedural_seed (data and networks),
 --procedural_variant (standard / varied: nuisance variation of the objects), --ped2_seed
 (networks; the clips are fixed), --ped2_size, --motion (diff / flow / none for both detectors),
+--direction (forward / both: add a backward model),
 --train_steps_scale; --skip_ped2 / --skip_procedural run one part.
 Writes docs/results/video.md and docs/results/video.json.
 """
@@ -40,14 +41,14 @@ from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = _PED2_SEED = _MOTION = None
-_PROC_VARIANT = None
+_PROC_VARIANT = _DIRECTION = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
     global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED, _PED2_SEED, _MOTION  # pylint: disable=global-statement
-    global _PROC_VARIANT  # pylint: disable=global-statement
+    global _PROC_VARIANT, _DIRECTION  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
@@ -64,6 +65,9 @@ def define_flags() -> None:
     _PROC_VARIANT = flags.DEFINE_enum("procedural_variant", None, sorted(video_data.PROCEDURAL_VARIANTS),
                                       "Preset of the procedural set (default: the config's `variant`; "
                                       "varied: 1-3 objects of varying size and brightness per clip).")
+    _DIRECTION = flags.DEFINE_enum("direction", None, ["forward", "both"], "Prediction direction of "
+                                   "both detectors instead of the configs' (both: forward + backward "
+                                   "model, mean of their scores).")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -195,7 +199,8 @@ def with_smoothed(scores: dict, sigma: float = SMOOTH_SIGMA) -> dict:
 
 def _name(kw: dict) -> str:
     motion = {"diff": " + frame diff", "flow": " + optical flow", "none": ""}[kw.get("motion", "diff")]
-    return (f"adiff VideoDetector (prediction, K={kw.get('context_frames')}{motion}, "
+    both = ", forward + backward" if kw.get("direction", "forward") == "both" else ""
+    return (f"adiff VideoDetector (prediction{both}, K={kw.get('context_frames')}{motion}, "
             f"target {kw.get('target')}, {kw.get('parameterization')}, score {kw.get('score')} "
             f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')})")
 
@@ -214,18 +219,21 @@ def _with_seed(cfg, seed):
     return cfg
 
 
-def _detector_kwargs(cfg, steps_scale: float, motion, quick: bool) -> dict:
-    """The config's VideoDetector kwargs with the run's overrides: scaled steps, --motion, and the
-    tiny --quick network."""
+def _detector_kwargs(cfg, steps_scale: float, motion, quick: bool, direction=None) -> dict:
+    """The config's VideoDetector kwargs with the run's overrides: scaled steps, --motion,
+    --direction, and the tiny --quick network."""
     kw = _scaled_steps(dict(cfg.detector), steps_scale)
     if motion:
         kw["motion"] = motion
+    if direction:
+        kw["direction"] = direction
     if quick:
         kw.update(train_steps=20, base_channels=8, groups=4)
     return kw
 
 
-def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion=None) -> dict:
+def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion=None,
+             direction=None) -> dict:
     cfg = _with_seed(video_ped2.get_config(), seed)
     if size:
         size = tuple(int(v) for v in size)
@@ -234,7 +242,7 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
         cfg.size = size
     size = tuple(cfg.size)
     train, test = load_split(cfg, seed=cfg.seed, max_frames=24 if quick else None)
-    kw = _detector_kwargs(cfg, steps_scale, motion, quick)
+    kw = _detector_kwargs(cfg, steps_scale, motion, quick, direction)
     det = VideoDetector(seed=cfg.seed, **kw)
     t = time.time()
     det.fit(train.clips)
@@ -258,13 +266,14 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
             "clips": test.names, "detector": kw}
 
 
-def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None, variant=None) -> dict:
+def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None, variant=None,
+                   direction=None) -> dict:
     cfg = _with_seed(video_procedural.get_config(), seed)
     if variant is not None:
         cfg.variant = variant
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
-    kw = _detector_kwargs(cfg, steps_scale, motion, quick)
+    kw = _detector_kwargs(cfg, steps_scale, motion, quick, direction)
     methods = {}
     t = time.time()
     det = VideoDetector(seed=cfg.seed, **kw).fit(train.clips)
@@ -335,10 +344,11 @@ def main(argv):
     proc = ped2 = None
     if not _SKIP_PROC.value:
         proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value, _MOTION.value,
-                              _PROC_VARIANT.value)
+                              _PROC_VARIANT.value, _DIRECTION.value)
         print(json.dumps(proc["results"], indent=1), flush=True)
     if not _SKIP_PED2.value:
-        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value, _PED2_SEED.value, _MOTION.value)
+        ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value, _PED2_SEED.value, _MOTION.value,
+                        _DIRECTION.value)
         print(json.dumps(ped2["results"], indent=1), flush=True)
     out = pathlib.Path(_OUT.value)
     _write(out, ped2, proc, command.strip(), time.time() - t)
