@@ -291,3 +291,18 @@ def test_core_elbo_benchmark_writes_its_section(tmp_path):
     section = text.split("<!-- BEGIN elbo -->")[1].split("<!-- END elbo -->")[0]
     rows = [l for l in section.splitlines() if l.startswith("| 2 |")]
     assert len(rows) == 2 and "ELBO, S = 16" in rows[1]
+
+
+def test_video_benchmark_ped2_rows_are_complete_scoring_settings():
+    """Every extra Ped2 row sets all scoring keys (so it does not inherit the config's score), and
+    the configured score is one of them (that row is then the configured row, not repeated)."""
+    from experiments.benchmarks import video as video_bench
+    from experiments.configs import video_ped2
+    det = dict(video_ped2.get_config().detector)
+    configured = {k: video_bench._norm_value(det.get(k, 0.0)) for k in video_bench._SCORE_KEYS}
+    matches = 0
+    for _, extra in video_bench._PED2_VARIANTS:
+        assert set(extra) == set(video_bench._SCORE_KEYS)
+        matches += {k: video_bench._norm_value(v) for k, v in extra.items()} == configured
+    assert matches == 1
+    assert "temporal smoothing sigma 2" in video_bench._name(det)

@@ -169,15 +169,24 @@ def auroc_by_type(test, scores: list) -> dict:
     return row
 
 
-# Extra scoring settings of the fitted Ped2 model (set_params only; no refit).
+# Other scoring settings of the fitted Ped2 model (set_params only; no refit). Each is complete, so
+# a row does not depend on the config's score; the row equal to the configured score is left out.
+_SCORE_KEYS = ("score", "t0", "solver_steps", "num_samples", "frame_score", "smooth_sigma")
 _PED2_VARIANTS = (
-    ("4-step DDIM samples from noise, mean of 2 (eta 0)", dict(score="sample", t0=1.0, solver_steps=4,
-                                                             num_samples=2)),
-    ("denoising error at t=0.05 (4 draws)", dict(score="denoise", t0=0.05, num_samples=4)),
-    ("denoising error at t=0.05, whole-frame mean", dict(score="denoise", t0=0.05, num_samples=4,
-                                                         frame_score="mean")),
-    ("denoising error at t=0.3 (4 draws)", dict(score="denoise", t0=0.3, num_samples=4,
-                                                frame_score="topk")),
+    ("posterior mean at t=1 (the default score until session 15)",
+     dict(score="sample", t0=1.0, solver_steps=1, num_samples=1, frame_score="topk", smooth_sigma=0.0)),
+    ("posterior mean at t=1 + temporal smoothing (sigma 2)",
+     dict(score="sample", t0=1.0, solver_steps=1, num_samples=1, frame_score="topk", smooth_sigma=2.0)),
+    ("4-step DDIM samples from noise, mean of 2 (eta 0)",
+     dict(score="sample", t0=1.0, solver_steps=4, num_samples=2, frame_score="topk", smooth_sigma=0.0)),
+    ("denoising error at t=0.05 (4 draws)",
+     dict(score="denoise", t0=0.05, solver_steps=1, num_samples=4, frame_score="topk", smooth_sigma=0.0)),
+    ("denoising error at t=0.05, whole-frame mean",
+     dict(score="denoise", t0=0.05, solver_steps=1, num_samples=4, frame_score="mean", smooth_sigma=0.0)),
+    ("denoising error at t=0.3 (4 draws)",
+     dict(score="denoise", t0=0.3, solver_steps=1, num_samples=4, frame_score="topk", smooth_sigma=0.0)),
+    ("denoising error at t=0.3 (4 draws) + temporal smoothing (sigma 2)",
+     dict(score="denoise", t0=0.3, solver_steps=1, num_samples=4, frame_score="topk", smooth_sigma=2.0)),
 )
 # Temporal smoothing of the "+ temporal smoothing" rows, adiff's and the baselines' alike (matched).
 SMOOTH_SIGMA = 2.0
@@ -197,12 +206,17 @@ def with_smoothed(scores: dict, sigma: float = SMOOTH_SIGMA) -> dict:
     return out
 
 
+def _norm_value(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def _name(kw: dict) -> str:
     motion = {"diff": " + frame diff", "flow": " + optical flow", "none": ""}[kw.get("motion", "diff")]
     both = ", forward + backward" if kw.get("direction", "forward") == "both" else ""
     return (f"adiff VideoDetector (prediction{both}, K={kw.get('context_frames')}{motion}, "
             f"target {kw.get('target')}, {kw.get('parameterization')}, score {kw.get('score')} "
-            f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')})")
+            f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')}"
+            + (f", temporal smoothing sigma {kw['smooth_sigma']:g}" if kw.get("smooth_sigma") else "") + ")")
 
 
 def _scaled_steps(kw: dict, scale: float) -> dict:
@@ -251,14 +265,13 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
     scores = det.decision_function(test.clips)
     score_s = time.time() - t
     res = {_name(kw): frame_metrics(test.labels, scores)}
-    det.set_params(smooth_sigma=SMOOTH_SIGMA)
-    res["adiff + temporal smoothing (sigma 2 frames)"] = frame_metrics(test.labels, det.decision_function(test.clips))
-    # Other scores of the same fitted model (issue 7 diagnostic rows; raw, no smoothing).
+    configured = {k: _norm_value(det.get_params()[k]) for k in _SCORE_KEYS}
+    # Other scores of the same fitted model (issue 7 diagnostic rows).
     for label, extra in _PED2_VARIANTS:
-        det.set_params(smooth_sigma=0.0, **extra)
+        if {k: _norm_value(v) for k, v in extra.items()} == configured:
+            continue  # the configured row
+        det.set_params(**extra)
         res[f"adiff, same model, {label}"] = frame_metrics(test.labels, det.decision_function(test.clips))
-    det.set_params(**_DENOISE_SMOOTH)
-    res[_DENOISE_SMOOTH_LABEL] = frame_metrics(test.labels, det.decision_function(test.clips))
     for name, s in with_smoothed(baselines(train.clips, test.clips)).items():
         res[name] = frame_metrics(test.labels, s)
     return {"results": res, "fit_seconds": fit_s, "score_seconds": score_s, "seed": cfg.seed, "size": list(size),

@@ -1,15 +1,18 @@
 """VideoDetector on the UCSD Ped2 subset (4 training, 4 test clips; frame labels from ped2.mat).
 
-Frames grayscale, resized to `size` = (height, width), keeping Ped2's 2:3 aspect. Sized for a
-2-core CPU (the whole benchmark ~10 minutes): 32 x 48 px, a 16-channel UNet, 2100 steps of batch 16
-(700 until session 7, which tripled both video configs' steps by a pre-registered rule),
-K = 2 context frames + 1 frame difference; the model diffuses the motion residual (frame minus
-previous frame, scaled to unit std), v-parameterised, and scores the error of its posterior mean at
-t = 1 (one network evaluation per frame; issue 7 explains why: the earlier eps-parameterised frame
-model sampled with 4 DDIM steps scored at chance). `detector` holds
-VideoDetector keyword arguments. Honesty note: the target / parameterization / score choice was
-made after the issue-7 diagnostic, which looked at Ped2 test-frame AUROCs of several scores
-(docs/results/video.md lists them all); nothing else was tuned.
+Frames grayscale, resized to `size` = (height, width) = 64 x 96 px, keeping Ped2's 2:3 aspect
+(fit ~17 min on 2 CPU cores). Network: a 16-channel UNet, 2100 steps of batch 16, K = 2 context
+frames + 1 frame difference; the model diffuses the motion residual (frame minus previous frame,
+scaled to unit std), v-parameterised.
+Score (session 15): the denoising error of the residual at t0 = 0.3 (4 fixed noise draws), top-1%
+of the blurred map, smoothed in time (Gaussian, sigma 2 frames). It was chosen by session 10's
+pre-registered rule 2, whose Ped2 clause was judged on fresh network seeds 3-5 (mean 0.950 raw
+frame AUROC vs the best baseline's 0.946 at the same size); that rule also tied the procedural
+config to the same score and failed there, so the Ped2 config kept the old score until session 15
+decided the two configs separately (docs/results/video.md). Before: 32 x 48 px, the posterior mean
+of the residual at t = 1 (0.848). Honesty note: the target / parameterization choice was made after
+the issue-7 diagnostic, which looked at Ped2 test-frame AUROCs of several scores; the score and the
+size went through the rule above. `detector` holds VideoDetector keyword arguments.
 """
 import ml_collections
 
@@ -19,7 +22,7 @@ def get_config():
     c.kind = "video"
     c.dataset = "ucsd_ped2"
     c.data_dir = "../shared/data/video/ucsd_ped2"
-    c.size = (32, 48)
+    c.size = (64, 96)
     c.seed = 0
     c.seeds = (0, 1, 2)  # --mode=benchmark runs every seed (--mode=evaluate: `seed`)
     c.baselines = ("frame difference", "PCA of frames", "previous frame + PCA residual")
@@ -38,13 +41,14 @@ def get_config():
         batch_size=16,
         learning_rate=2e-3,
         ema_decay=0.99,
-        score="sample",
-        t0=1.0,
+        score="denoise",
+        t0=0.3,
         solver_steps=1,
-        num_samples=1,
+        num_samples=4,
         map_sigma=1.0,
         frame_score="topk",
         topk=0.01,
+        smooth_sigma=2.0,
         score_batch_size=64,
     ))
     return c
