@@ -187,9 +187,9 @@ class ImageDetector(BaseDetector):
       map_scales: pooling factors of the multi-scale error (1 = pixels).
       map_sigma: Gaussian blur std of the maps in pixels of the working resolution (0 = off).
       image_score: "max", "topk", "mean" or "native" (see the module docstring).
-      elbo_samples: Monte Carlo draws (t, noise) of scoring="elbo", shared by every image.
       topk: fraction of map pixels averaged by image_score="topk".
       score_batch_size: images per scoring call (fixed, padded; memory stays flat in N).
+      elbo_samples: Monte Carlo draws (t, noise) of scoring="elbo", shared by every image.
       verbose: print training progress.
     """
 
