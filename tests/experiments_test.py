@@ -306,3 +306,19 @@ def test_video_benchmark_ped2_rows_are_complete_scoring_settings():
         matches += {k: video_bench._norm_value(v) for k, v in extra.items()} == configured
     assert matches == 1
     assert "temporal smoothing sigma 2" in video_bench._name(det)
+
+
+def test_video_benchmark_rewrite_keeps_the_text_below_the_marker(tmp_path):
+    from experiments.benchmarks import video as video_bench
+    out = tmp_path / "video.md"
+    proc = {"seed": 0, "variant": "standard", "num_train": 1, "num_test_per_type": 1, "num_frames": 4,
+            "size": 8, "fit_seconds": 1.0, "detector": {},
+            "results": {"m": {k: 0.5 for k in ("speed", "direction", "acceleration", "appearance", "all")}}}
+    video_bench._write(out, None, proc, "cmd", 1.0)
+    assert out.read_text().rstrip().endswith(video_bench.KEEP_MARKER)
+    out.write_text(out.read_text() + "\n## Session notes\nhand-written\n")
+    proc["results"]["m"]["speed"] = 0.75
+    video_bench._write(out, None, proc, "cmd2", 1.0)
+    text = out.read_text()
+    assert "| m | 0.750 |" in text and "`cmd2`" in text and "`cmd`" not in text
+    assert text.count(video_bench.KEEP_MARKER) == 1 and text.endswith("## Session notes\nhand-written\n")

@@ -18,7 +18,8 @@ Overrides (multi-seed runs and options): --procedural_seed (data and networks),
 (networks; the clips are fixed), --ped2_size, --motion (diff / flow / none for both detectors),
 --direction (forward / both: add a backward model),
 --train_steps_scale; --skip_ped2 / --skip_procedural run one part.
-Writes docs/results/video.md and docs/results/video.json.
+Writes docs/results/video.md (its generated tables; the text below KEEP_MARKER is kept) and
+docs/results/video.json.
 """
 from __future__ import annotations
 
@@ -308,6 +309,11 @@ def _seeds_text(ped2: dict | None, proc: dict | None) -> str:
     return ", ".join(parts)
 
 
+# The results file's generated part ends at this line; what follows it (the sessions' analyses) is
+# kept when the benchmark rewrites the file.
+KEEP_MARKER = "<!-- end of the generated tables; everything below is kept on a rerun -->"
+
+
 def _write(out: pathlib.Path, ped2: dict | None, proc: dict | None, command: str, total_s: float) -> None:
     lines = ["# Video anomaly detection results", "",
              f"Command: `{command}` ({_seeds_text(ped2, proc)}; "
@@ -344,8 +350,14 @@ def _write(out: pathlib.Path, ped2: dict | None, proc: dict | None, command: str
             lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in video_data.ANOMALY_TYPES)
                          + f" | {r['all']:.3f} |")
         lines.append("")
+    lines.append(KEEP_MARKER)
+    kept = ""
+    if out.exists():  # hand-written sections below the marker survive a rerun
+        prev = out.read_text()
+        if KEEP_MARKER in prev:
+            kept = prev.split(KEEP_MARKER, 1)[1].lstrip("\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
 
 
 def main(argv):

@@ -1,7 +1,7 @@
 """VideoDetector on the UCSD Ped2 subset (4 training, 4 test clips; frame labels from ped2.mat).
 
 Frames grayscale, resized to `size` = (height, width) = 64 x 96 px, keeping Ped2's 2:3 aspect
-(fit ~17 min on 2 CPU cores). Network: a 16-channel UNet, 2100 steps of batch 16, K = 2 context
+(fit 17-22 min on 2 shared CPU cores). Network: a 16-channel UNet, 2100 steps of batch 16, K = 2 context
 frames + 1 frame difference; the model diffuses the motion residual (frame minus previous frame,
 scaled to unit std), v-parameterised.
 Score (session 15): the denoising error of the residual at t0 = 0.3 (4 fixed noise draws), top-1%
