@@ -173,21 +173,23 @@ def auroc_by_type(test, scores: list) -> dict:
 # Other scoring settings of the fitted Ped2 model (set_params only; no refit). Each is complete, so
 # a row does not depend on the config's score; the row equal to the configured score is left out.
 _SCORE_KEYS = ("score", "t0", "solver_steps", "num_samples", "frame_score", "smooth_sigma")
+
+
+def _scoring(score: str, t0: float, samples: int, *, steps: int = 1, frame_score: str = "topk",
+             smooth: float = 0.0) -> dict:
+    """A complete scoring setting (every key of _SCORE_KEYS) for set_params."""
+    return dict(score=score, t0=t0, solver_steps=steps, num_samples=samples, frame_score=frame_score,
+                smooth_sigma=smooth)
+
+
 _PED2_VARIANTS = (
-    ("posterior mean at t=1 (the default score until session 15)",
-     dict(score="sample", t0=1.0, solver_steps=1, num_samples=1, frame_score="topk", smooth_sigma=0.0)),
-    ("posterior mean at t=1 + temporal smoothing (sigma 2)",
-     dict(score="sample", t0=1.0, solver_steps=1, num_samples=1, frame_score="topk", smooth_sigma=2.0)),
-    ("4-step DDIM samples from noise, mean of 2 (eta 0)",
-     dict(score="sample", t0=1.0, solver_steps=4, num_samples=2, frame_score="topk", smooth_sigma=0.0)),
-    ("denoising error at t=0.05 (4 draws)",
-     dict(score="denoise", t0=0.05, solver_steps=1, num_samples=4, frame_score="topk", smooth_sigma=0.0)),
-    ("denoising error at t=0.05, whole-frame mean",
-     dict(score="denoise", t0=0.05, solver_steps=1, num_samples=4, frame_score="mean", smooth_sigma=0.0)),
-    ("denoising error at t=0.3 (4 draws)",
-     dict(score="denoise", t0=0.3, solver_steps=1, num_samples=4, frame_score="topk", smooth_sigma=0.0)),
-    ("denoising error at t=0.3 (4 draws) + temporal smoothing (sigma 2)",
-     dict(score="denoise", t0=0.3, solver_steps=1, num_samples=4, frame_score="topk", smooth_sigma=2.0)),
+    ("posterior mean at t=1 (the default score until session 15)", _scoring("sample", 1.0, 1)),
+    ("posterior mean at t=1 + temporal smoothing (sigma 2)", _scoring("sample", 1.0, 1, smooth=2.0)),
+    ("4-step DDIM samples from noise, mean of 2 (eta 0)", _scoring("sample", 1.0, 2, steps=4)),
+    ("denoising error at t=0.05 (4 draws)", _scoring("denoise", 0.05, 4)),
+    ("denoising error at t=0.05, whole-frame mean", _scoring("denoise", 0.05, 4, frame_score="mean")),
+    ("denoising error at t=0.3 (4 draws)", _scoring("denoise", 0.3, 4)),
+    ("denoising error at t=0.3 (4 draws) + temporal smoothing (sigma 2)", _scoring("denoise", 0.3, 4, smooth=2.0)),
 )
 # Temporal smoothing of the "+ temporal smoothing" rows, adiff's and the baselines' alike (matched).
 SMOOTH_SIGMA = 2.0
