@@ -34,7 +34,10 @@ Paradigms:
   map and prediction are the mean of the forward and the backward ones. Why: a forward model
   scores the first normal frames after an anomalous interval high, because they are predicted
   from anomalous context; the backward model has that carry-over before the interval instead, so
-  the mean halves both (docs/results/video.md, sessions 11 and 15). It doubles fit and score time.
+  the mean halves both. Where an interval ends within K frames of the clip's end, the backward
+  model has no future context (those frames take padded scores) and the carry-over stays. Measured
+  on the procedural set it trades speed and direction for acceleration and appearance, and is not
+  in the configs (docs/results/video.md, sessions 11 and 15). It doubles fit and score time.
 - "reconstruction": an unconditional diffusion model of short clips (the K + 1 frames t-K..t
   stacked along channels); scoring noises the clip to time `t0`, reconstructs it with DDIM and
   measures the error of the last frame.
@@ -64,8 +67,8 @@ from adiff.detectors.base import BaseDetector
 from adiff.nets.unet import UNet
 from adiff.training import trainer
 
-__all__ = ["VideoDetector", "PARADIGMS", "MOTIONS", "TARGETS", "PARAMETERIZATIONS", "SCORES", "DIRECTIONS",
-           "FRAME_SCORES", "NORMALIZATIONS", "optical_flow"]
+__all__ = ["VideoDetector", "PARADIGMS", "MOTIONS", "TARGETS", "PARAMETERIZATIONS", "SCORES",
+           "DIRECTIONS", "FRAME_SCORES", "NORMALIZATIONS", "optical_flow"]
 
 PARADIGMS = ("prediction", "reconstruction")
 MOTIONS = ("diff", "flow", "none")
