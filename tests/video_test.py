@@ -319,6 +319,7 @@ def test_bidirectional_is_the_mean_of_a_forward_and_a_reversed_model(tmp_path):
     expect = (fwd.decision_function(clips[1]) + bwd.decision_function(clips[1][::-1])[::-1]) / 2
     np.testing.assert_allclose(s, expect, rtol=1e-5, atol=1e-7)
     assert not np.allclose(s, fwd.decision_function(clips[1]))  # the backward half counts
+    assert len(both._cache) == 1  # one compiled scorer serves both directions
     np.testing.assert_allclose(both.target_scale_bwd_, bwd.target_scale_, rtol=1e-6)
     maps = both.anomaly_map(clips[1])
     np.testing.assert_allclose(maps, (fwd.anomaly_map(clips[1]) + bwd.anomaly_map(clips[1][::-1])[::-1]) / 2,

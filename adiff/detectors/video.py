@@ -504,7 +504,9 @@ class VideoDetector(BaseDetector):
                 self.distance, float(self.map_sigma), self.frame_score, float(self.topk),
                 int(self.score_batch_size))
 
-    def _build(self, scale: float, flow_scale: float):
+    def _build(self):
+        """The jitted per-batch scorer. The target and flow scales are arguments, not constants, so
+        the forward and backward models of direction="both" share one compiled function."""
         net, sde = self._unet(), self._sde
         t0, steps, eta = float(self.t0), int(self.solver_steps), float(self.eta)
         n_samples, dist = int(self.num_samples), self.distance
@@ -513,10 +515,9 @@ class VideoDetector(BaseDetector):
         recon = self.paradigm == "reconstruction"
         residual = self._residual()
         kind, mode = self.parameterization, self.score
-        scale, flow_scale = float(scale), float(flow_scale)
         split = self._split
 
-        def fn(params, win, key):
+        def fn(params, win, key, scale, flow_scale):
             x0, cond = split(win, scale, flow_scale)
             win = win[..., :c]  # the frames (flow channels, if any, only condition)
             # SDEdit start: the clip (reconstruction), the previous frame (frame target) or zero
@@ -576,13 +577,14 @@ class VideoDetector(BaseDetector):
             scales = (getattr(self, "target_scale_", 1.0), getattr(self, "flow_scale_", 1.0))
         else:
             params, scales = self.params_bwd_, (self.target_scale_bwd_, self.flow_scale_bwd_)
-        key_c = (which,) + self._score_key()
+        key_c = self._score_key()
         cache = getattr(self, "_cache", None)
         if cache is None:
             cache = self._cache = {}
         if key_c not in cache:
-            cache[key_c] = self._build(*scales)
+            cache[key_c] = self._build()
         fn = cache[key_c]
+        scale, flow_scale = (jnp.float32(v) for v in scales)
         k = int(self.context_frames)
         wins = self._windows(clip)
         # Frames < K have no full context: they are scored as frame K (or the last frame).
@@ -598,7 +600,7 @@ class VideoDetector(BaseDetector):
             m = len(wb)
             if m < bs:
                 wb = np.concatenate([wb, np.repeat(wb[-1:], bs - m, axis=0)])
-            s, mp, pr = fn(params, jnp.asarray(wb), jax.random.fold_in(key, i))
+            s, mp, pr = fn(params, jnp.asarray(wb), jax.random.fold_in(key, i), scale, flow_scale)
             s_out.append(np.asarray(s)[:m])
             m_out.append(np.asarray(mp)[:m])
             p_out.append(np.asarray(pr)[:m])

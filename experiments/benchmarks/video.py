@@ -170,6 +170,9 @@ def auroc_by_type(test, scores: list) -> dict:
     return row
 
 
+# Temporal smoothing of the "+ temporal smoothing" rows, adiff's and the baselines' alike (matched).
+SMOOTH_SIGMA = 2.0
+
 # Other scoring settings of the fitted Ped2 model (set_params only; no refit). Each is complete, so
 # a row does not depend on the config's score; the row equal to the configured score is left out.
 _SCORE_KEYS = ("score", "t0", "solver_steps", "num_samples", "frame_score", "smooth_sigma")
@@ -182,6 +185,8 @@ def _scoring(score: str, t0: float, samples: int, *, steps: int = 1, frame_score
                 smooth_sigma=smooth)
 
 
+# The denoising score of the session-9 smoothed rows (Ped2 and procedural, same fitted models).
+_DENOISE_SMOOTH = _scoring("denoise", 0.3, 4, smooth=SMOOTH_SIGMA)
 _PED2_VARIANTS = (
     ("posterior mean at t=1 (the default score until session 15)", _scoring("sample", 1.0, 1)),
     ("posterior mean at t=1 + temporal smoothing (sigma 2)", _scoring("sample", 1.0, 1, smooth=2.0)),
@@ -189,12 +194,8 @@ _PED2_VARIANTS = (
     ("denoising error at t=0.05 (4 draws)", _scoring("denoise", 0.05, 4)),
     ("denoising error at t=0.05, whole-frame mean", _scoring("denoise", 0.05, 4, frame_score="mean")),
     ("denoising error at t=0.3 (4 draws)", _scoring("denoise", 0.3, 4)),
-    ("denoising error at t=0.3 (4 draws) + temporal smoothing (sigma 2)", _scoring("denoise", 0.3, 4, smooth=2.0)),
+    ("denoising error at t=0.3 (4 draws) + temporal smoothing (sigma 2)", _DENOISE_SMOOTH),
 )
-# Temporal smoothing of the "+ temporal smoothing" rows, adiff's and the baselines' alike (matched).
-SMOOTH_SIGMA = 2.0
-# The denoising score of the session-9 smoothed rows (Ped2 and procedural, same fitted models).
-_DENOISE_SMOOTH = dict(score="denoise", t0=0.3, num_samples=4, frame_score="topk", smooth_sigma=SMOOTH_SIGMA)
 _DENOISE_SMOOTH_LABEL = ("adiff, same model, denoising error at t=0.3 (4 draws) + temporal smoothing "
                          f"(sigma {SMOOTH_SIGMA:g})")
 
