@@ -338,3 +338,75 @@ def test_bidirectional_is_the_mean_of_a_forward_and_a_reversed_model(tmp_path):
     flow = VideoDetector(direction="both", motion="flow", context_frames=3, **kw).fit(clips)
     f = flow.decision_function(clips[0])
     assert f.shape == (10,) and np.all(np.isfinite(f)) and flow.flow_scale_bwd_ > 0
+
+
+def test_appearance_stream_fusion_gate_and_persistence(tmp_path):
+    clips = video_data.make_procedural(4, num_clips=2, num_frames=10, size=16).clips
+    kw = dict(base_channels=4, groups=2, channel_mults=(1,), train_steps=3, batch_size=8, seed=3)
+    two = VideoDetector(appearance=True, **kw).fit(clips)
+    fwd = VideoDetector(**kw).fit(clips)
+    # The motion stream is the forward detector, bit for bit.
+    two.set_params(fusion="motion")
+    np.testing.assert_allclose(two.decision_function(clips[1]), fwd.decision_function(clips[1]),
+                               rtol=1e-6, atol=1e-8)
+    # Each stream's scale is the SCALE_QUANTILE quantile of its raw scores on the training frames.
+    from adiff.detectors import video as video_lib
+    raw = {}
+    for f in ("motion", "appearance"):
+        two.set_params(fusion=f)
+        raw[f] = two.decision_function(clips)
+        q = np.quantile(np.concatenate(raw[f]), video_lib.SCALE_QUANTILE)
+        np.testing.assert_allclose(two.stream_scales_[f], q, rtol=1e-6)
+    z_m = raw["motion"][0] / two.stream_scales_["motion"]
+    z_a = raw["appearance"][0] / two.stream_scales_["appearance"]
+    two.set_params(fusion="max")  # (scoring noise is keyed by the clip's index in the call)
+    np.testing.assert_allclose(two.decision_function(clips)[0], np.maximum(z_m, z_a), rtol=1e-6)
+    # Gate: a frame loses its motion score iff a context frame's appearance is above `gate`;
+    # "gate" counts the appearance score only above `gate`, "gated_max" everywhere.
+    ctx = two._context_index(10)
+    assert ctx.shape == (10, 2) and ctx[0].tolist() == [0, 1] and ctx[5].tolist() == [3, 4]
+    g = float(np.median(z_a))
+    gated = z_a[ctx].max(axis=1) > g
+    assert 0 < gated.sum() < 10
+    alarm = z_a > g
+    expect = {"gated_max": np.where(gated, z_a, np.maximum(z_m, z_a)),
+              "gate": np.maximum(np.where(gated, 0.0, z_m), np.where(alarm, z_a, 0.0))}
+    for fusion in ("gated_max", "gate"):
+        two.set_params(fusion=fusion, gate=g)
+        out = two.analyze(clips[0])  # analyze scores its clip as index 0
+        np.testing.assert_allclose(out["scores"], expect[fusion], rtol=1e-6)
+        np.testing.assert_array_equal(out["gated"], gated.astype(int))
+        np.testing.assert_allclose(out["motion_scores"], raw["motion"][0], rtol=1e-6)
+        assert out["maps"].shape == (10, 16, 16)
+    assert not np.allclose(expect["gate"], expect["gated_max"])
+    # A spike of appearance voids the motion scores of the K frames it conditions.
+    st = {"motion": np.ones(10), "appearance": np.full(10, 0.1)}
+    st["appearance"][4] = 100.0
+    two.set_params(gate=2.0)
+    q_a = two.stream_scales_["appearance"]
+    st["appearance"] = st["appearance"] * q_a
+    assert np.flatnonzero(two._gated(st)).tolist() == [5, 6]
+    # Persisted with both parameter trees and the scales.
+    two.save(tmp_path / "two")
+    again = base_lib.load(tmp_path / "two")
+    assert again.appearance and again.stream_scales_ == two.stream_scales_
+    np.testing.assert_allclose(again.decision_function(clips[1]), two.decision_function(clips[1]),
+                               rtol=1e-5, atol=1e-7)
+    # Scales belong to the scoring settings: a changed score needs calibrate().
+    two.set_params(score="denoise", t0=0.3)
+    with pytest.raises(ValueError, match="calibrate"):
+        two.decision_function(clips[1])
+    two.calibrate(clips)
+    assert np.all(np.isfinite(two.decision_function(clips[1])))
+    assert two.threshold_ == pytest.approx(np.quantile(two.decision_function(clips), 0.9))
+    _assert_refit_needed(two, clips[1], appearance=False)
+    with pytest.raises(ValueError, match="appearance=True needs"):
+        VideoDetector(appearance=True, direction="both", **kw).fit(clips)
+    with pytest.raises(ValueError, match="appearance=True needs"):
+        VideoDetector(appearance=True, paradigm="reconstruction", **kw).fit(clips)
+    with pytest.raises(ValueError, match="fusion"):
+        VideoDetector(appearance=True, fusion="sum", **kw).fit(clips)
+    with pytest.raises(ValueError, match="gate"):
+        VideoDetector(appearance=True, gate=0.0, **kw).fit(clips)
+    with pytest.raises(ValueError, match="calibrate needs"):
+        fwd.calibrate(clips)

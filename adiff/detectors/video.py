@@ -38,6 +38,21 @@ Paradigms:
   model has no future context (those frames take padded scores) and the carry-over stays. Measured
   on the procedural set it trades speed and direction for acceleration and appearance, and is not
   in the configs (docs/results/video.md, sessions 11 and 15). It doubles fit and score time.
+  `appearance=True` (prediction, forward only) adds a second stream: an unconditional diffusion
+  model of single frames (the same UNet settings, seed + 1), scored by the denoising error of the
+  frame averaged over t in `APPEARANCE_TIMES` x `APPEARANCE_DRAWS` noise draws (the same map and
+  frame-score settings). Each stream's raw frame score is divided by its `SCALE_QUANTILE` quantile
+  on the training frames (its normal ceiling, fitted for the scoring settings in force; see
+  `calibrate`), and `fusion` combines them. "gate" (default): a frame's score is its motion score,
+  raised to its appearance score where that is above `gate` (an appearance alarm); and a frame whose
+  prediction was conditioned on a context frame above `gate` loses its motion score, because a
+  prediction from a context already judged anomalous is no evidence about the frame it predicts
+  (the carry-over after an appearance anomaly). Below the gate the appearance stream stays silent,
+  so its normal fluctuations do not blur the motion ranking. "gated_max" voids motion scores the
+  same way but takes max(motion, appearance) everywhere else (the fusion pre-registered first, in
+  session 16; the dev seed showed that blur); "max" is the ungated maximum; "motion" and
+  "appearance" one raw stream alone (the former equals the forward detector). Measured:
+  docs/results/video.md, session 17.
 - "reconstruction": an unconditional diffusion model of short clips (the K + 1 frames t-K..t
   stacked along channels); scoring noises the clip to time `t0`, reconstructs it with DDIM and
   measures the error of the last frame.
@@ -68,7 +83,7 @@ from adiff.nets.unet import UNet
 from adiff.training import trainer
 
 __all__ = ["VideoDetector", "PARADIGMS", "MOTIONS", "TARGETS", "PARAMETERIZATIONS", "SCORES",
-           "DIRECTIONS", "FRAME_SCORES", "NORMALIZATIONS", "optical_flow"]
+           "DIRECTIONS", "FUSIONS", "FRAME_SCORES", "NORMALIZATIONS", "optical_flow"]
 
 PARADIGMS = ("prediction", "reconstruction")
 MOTIONS = ("diff", "flow", "none")
@@ -76,15 +91,21 @@ TARGETS = ("residual", "frame")
 PARAMETERIZATIONS = ("v", "eps", "x0")
 SCORES = ("sample", "denoise")
 DIRECTIONS = ("forward", "both")
+FUSIONS = ("gate", "gated_max", "max", "motion", "appearance")
+# The appearance stream's denoising times and noise draws per time (appearance=True), and the
+# training-frame quantile that scales each stream for the fusion.
+APPEARANCE_TIMES = (0.05, 0.1, 0.2)
+APPEARANCE_DRAWS = 2
+SCALE_QUANTILE = 0.99
 FRAME_SCORES = ("topk", "max", "mean")
 NORMALIZATIONS = ("none", "minmax", "zscore")
 DISTANCES = ("squared", "absolute")
 _FIT_PARAMS = ("paradigm", "context_frames", "motion", "target", "parameterization", "image_size",
                "base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "groups",
-               "direction")
+               "direction", "appearance")
 # Models saved before `target` / `parameterization` existed were frame-target, eps models; those
-# saved before `direction` existed were forward-only.
-_LEGACY_FIT = {"target": "frame", "parameterization": "eps", "direction": "forward"}
+# saved before `direction` / `appearance` existed were forward-only, motion-only.
+_LEGACY_FIT = {"target": "frame", "parameterization": "eps", "direction": "forward", "appearance": False}
 
 
 def _norm(v):
@@ -187,6 +208,8 @@ class VideoDetector(BaseDetector):
       direction: "forward" (predict frame t from the K previous frames) or "both" (also a
         backward model fitted on reversed clips; scores, maps and predictions are the mean of the
         two; prediction paradigm only; twice the fit and score time).
+      appearance: also fit a per-frame appearance model and fuse the two streams (prediction
+        paradigm, direction="forward"; about twice the fit time). See `fusion` and `gate`.
       image_size: working resolution: None (the training frames' size), an int (square) or
         (height, width); both divisible by 2 ** (len(channel_mults) - 1).
       base_channels, channel_mults, num_res_blocks, attention_resolutions, groups: the UNet.
@@ -203,6 +226,11 @@ class VideoDetector(BaseDetector):
       topk: fraction of pixels averaged by frame_score="topk".
       normalize: "none" (raw, the headline), "minmax" or "zscore" per clip.
       smooth_sigma: temporal Gaussian smoothing std in frames (0 = off).
+      fusion: with appearance=True, "gate", "gated_max", "max", "motion" or "appearance" (see
+        the module docstring); ignored otherwise.
+      gate: the appearance score (in units of its training-frame ceiling) above which a frame
+        raises an appearance alarm (fusion="gate") and voids the motion score of the frames it
+        conditions (fusion="gate" and "gated_max").
       score_batch_size: frames per scoring call (fixed, padded).
       verbose: print training progress.
     """
@@ -210,14 +238,16 @@ class VideoDetector(BaseDetector):
     def __init__(self, *, contamination: float = 0.1, seed: int = 0,
                  paradigm: str = "prediction", context_frames: int = 2, motion: str = "diff",
                  target: str = "residual", parameterization: str = "v", direction: str = "forward",
-                 image_size=None, base_channels: int = 32, channel_mults: Sequence[int] = (1, 2, 2),
+                 appearance: bool = False, image_size=None, base_channels: int = 32,
+                 channel_mults: Sequence[int] = (1, 2, 2),
                  num_res_blocks: int = 1, attention_resolutions: Sequence[int] = (),
                  groups: int = 8, train_steps: int = 1000, batch_size: int = 32,
                  learning_rate: float = 1e-3, ema_decay: float = 0.995, score: str = "sample",
                  t0: float = 1.0, solver_steps: int = 1, eta: float = 0.0, num_samples: int = 1,
                  distance: str = "squared", map_sigma: float = 1.0, frame_score: str = "topk",
                  topk: float = 0.02, normalize: str = "none", smooth_sigma: float = 0.0,
-                 score_batch_size: int = 64, verbose: bool = False):
+                 fusion: str = "gate", gate: float = 2.0, score_batch_size: int = 64,
+                 verbose: bool = False):
         self.contamination = contamination
         self.seed = seed
         self.paradigm = paradigm
@@ -226,6 +256,7 @@ class VideoDetector(BaseDetector):
         self.target = target
         self.parameterization = parameterization
         self.direction = direction
+        self.appearance = appearance
         self.image_size = tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
         self.base_channels = base_channels
         self.channel_mults = tuple(channel_mults)
@@ -247,6 +278,8 @@ class VideoDetector(BaseDetector):
         self.topk = topk
         self.normalize = normalize
         self.smooth_sigma = smooth_sigma
+        self.fusion = fusion
+        self.gate = gate
         self.score_batch_size = score_batch_size
         self.verbose = verbose
 
@@ -259,6 +292,11 @@ class VideoDetector(BaseDetector):
         validation.check_choice(self.direction, DIRECTIONS, name="direction")
         if self.direction == "both" and self.paradigm != "prediction":
             raise ValueError(f"direction='both' needs paradigm='prediction', got {self.paradigm!r}")
+        if not isinstance(self.appearance, (bool, np.bool_)):
+            raise TypeError(f"appearance must be True or False, got {self.appearance!r}")
+        if self.appearance and (self.paradigm != "prediction" or self.direction != "forward"):
+            raise ValueError("appearance=True needs paradigm='prediction' and direction='forward'; got "
+                             f"paradigm={self.paradigm!r}, direction={self.direction!r}")
         for name in ("context_frames", "base_channels", "num_res_blocks", "groups",
                      "train_steps", "batch_size"):
             validation.check_positive_int(getattr(self, name), name=name)
@@ -281,6 +319,9 @@ class VideoDetector(BaseDetector):
         validation.check_choice(self.distance, DISTANCES, name="distance")
         validation.check_choice(self.frame_score, FRAME_SCORES, name="frame_score")
         validation.check_choice(self.normalize, NORMALIZATIONS, name="normalize")
+        validation.check_choice(self.fusion, FUSIONS, name="fusion")
+        if not float(self.gate) > 0.0:
+            raise ValueError(f"gate must be > 0, got {self.gate!r}")
         for name in ("solver_steps", "num_samples", "score_batch_size"):
             validation.check_positive_int(getattr(self, name), name=name)
         if not 0.0 < float(self.t0) <= 1.0:
@@ -431,13 +472,14 @@ class VideoDetector(BaseDetector):
         x0 = (frames[:, -1] - frames[:, -2]) * scale if self._residual() else frames[:, -1]
         return x0, jnp.concatenate(parts, axis=-1)
 
-    def _train_config(self, n: int) -> trainer.TrainConfig:
+    def _train_config(self, n: int, seed: Optional[int] = None) -> trainer.TrainConfig:
         steps = int(self.train_steps)
         return trainer.TrainConfig(
             num_steps=steps, batch_size=int(min(self.batch_size, n)),
             learning_rate=float(self.learning_rate), warmup_steps=min(100, steps // 10),
             schedule="cosine", grad_clip_norm=1.0, ema_decay=float(self.ema_decay),
-            log_every=max(1, steps // 5), checkpoint_every=steps, seed=self.seed)
+            log_every=max(1, steps // 5), checkpoint_every=steps,
+            seed=self.seed if seed is None else int(seed))
 
     # -- fit -----------------------------------------------------------------------------------
     def _reversed(self, clip: np.ndarray) -> np.ndarray:
@@ -458,6 +500,27 @@ class VideoDetector(BaseDetector):
                 [self._reversed(c) for c in X])
         self.n_train_ = int(sum(len(c) for c in X))
         self._cache = {}
+        if self.appearance:
+            self.params_app_ = self._train_appearance(X)
+            self._calibrate(X)
+
+    def _train_appearance(self, X):
+        """Trains the unconditional single-frame model of appearance=True; returns EMA params."""
+        c = self.n_channels_
+        data = np.concatenate([np.asarray(v)[..., :c] for v in X]).astype(np.float32)
+        kind = self.parameterization
+        net, sde = self._unet(), self._sde
+        xs, _ = self._shapes()
+        params = jax.jit(net.init)(jax.random.key(self.seed + 1, impl="rbg"), jnp.zeros((1,) + xs),
+                                   jnp.zeros((1,)), None)
+
+        def loss_fn(p, batch, key):
+            return losses.dsm_loss(lambda v, t: net.apply(p, v, t, None), sde, batch, key,
+                                   parameterization=kind).loss, {}
+
+        res = trainer.fit(loss_fn, params, data, config=self._train_config(len(data), self.seed + 1),
+                          progress=self.verbose)
+        return res.state.ema_params
 
     def _train(self, X) -> tuple:
         """Trains one model on prepared clips; returns (EMA params, target scale, flow scale)."""
@@ -510,7 +573,7 @@ class VideoDetector(BaseDetector):
         net, sde = self._unet(), self._sde
         t0, steps, eta = float(self.t0), int(self.solver_steps), float(self.eta)
         n_samples, dist = int(self.num_samples), self.distance
-        sigma_blur, fscore, topk = float(self.map_sigma), self.frame_score, float(self.topk)
+        sigma_blur, reduce = float(self.map_sigma), self._frame_reduce()
         c = self.n_channels_
         recon = self.paradigm == "reconstruction"
         residual = self._residual()
@@ -549,21 +612,162 @@ class VideoDetector(BaseDetector):
                 pred = pred[..., -c:]
             d = (target - pred) ** 2 if dist == "squared" else jnp.abs(target - pred)
             maps = _blur2d(jnp.mean(d, axis=-1), sigma_blur)
-            flat = maps.reshape(maps.shape[0], -1)
-            if fscore == "max":
-                s = jnp.max(flat, axis=-1)
-            elif fscore == "mean":
-                s = jnp.mean(flat, axis=-1)
-            else:
-                kk = max(1, int(round(topk * flat.shape[-1])))
-                s = jnp.mean(jax.lax.top_k(flat, kk)[0], axis=-1)
-            return s, maps, jnp.clip((pred + 1.0) / 2.0, 0.0, 1.0)
+            return reduce(maps), maps, jnp.clip((pred + 1.0) / 2.0, 0.0, 1.0)
 
         return jax.jit(fn)
 
+    def _app_key(self) -> tuple:
+        return ("appearance", self.distance, float(self.map_sigma), self.frame_score, float(self.topk),
+                int(self.score_batch_size))
+
+    def _build_appearance(self):
+        """The jitted per-batch scorer of the appearance stream: frames [B, h, w, C] -> (scores
+        [B], maps [B, h, w]), the denoising-error map averaged over APPEARANCE_TIMES x
+        APPEARANCE_DRAWS noise draws."""
+        net, sde, kind = self._unet(), self._sde, self.parameterization
+        dist, sigma_blur = self.distance, float(self.map_sigma)
+        reduce = self._frame_reduce()
+
+        def fn(params, x0, key):
+            total = jnp.zeros(x0.shape[:-1], x0.dtype)
+            for i, tv in enumerate(APPEARANCE_TIMES):
+                tt = jnp.full((x0.shape[0],), tv, x0.dtype)
+                a, s = sde.alpha(tt), sde.sigma(tt)
+                for r in range(APPEARANCE_DRAWS):
+                    z = jax.random.normal(jax.random.fold_in(key, i * APPEARANCE_DRAWS + r), x0.shape,
+                                          x0.dtype)
+                    u = sde_lib.broadcast_to_x(a, x0) * x0 + sde_lib.broadcast_to_x(s, x0) * z
+                    pred = param_lib.to_x0(net.apply(params, u, tt, None), u, a, s, kind)
+                    d = (x0 - pred) ** 2 if dist == "squared" else jnp.abs(x0 - pred)
+                    total = total + jnp.mean(d, axis=-1)
+            maps = _blur2d(total / (len(APPEARANCE_TIMES) * APPEARANCE_DRAWS), sigma_blur)
+            return reduce(maps), maps
+
+        return jax.jit(fn)
+
+    def _appearance_clip(self, clip: np.ndarray, clip_index: int):
+        """Raw appearance-stream scores [T] and maps [T, h, w] of one prepared clip."""
+        key_c = self._app_key()
+        cache = self.__dict__.setdefault("_cache", {})
+        if key_c not in cache:
+            cache[key_c] = self._build_appearance()
+        fn = cache[key_c]
+        frames = np.asarray(clip)[..., :self.n_channels_]
+        bs = int(self.score_batch_size)
+        key = jax.random.fold_in(jax.random.key(self.seed + 8), clip_index)
+        s_out, m_out = [], []
+        for i, b0 in enumerate(range(0, len(frames), bs)):
+            fb = frames[b0:b0 + bs]
+            m = len(fb)
+            if m < bs:
+                fb = np.concatenate([fb, np.repeat(fb[-1:], bs - m, axis=0)])
+            s, mp = fn(self.params_app_, jnp.asarray(fb), jax.random.fold_in(key, i))
+            s_out.append(np.asarray(s)[:m])
+            m_out.append(np.asarray(mp)[:m])
+        return np.concatenate(s_out).astype(np.float64), np.concatenate(m_out)
+
+    def _context_index(self, n_frames: int) -> np.ndarray:
+        """[T, K] indices of the context frames that conditioned each frame's motion score (frames
+        < K are scored as frame K, so they share its context; clip starts padded by frame 0)."""
+        k = int(self.context_frames)
+        first = min(k, n_frames - 1)
+        end = np.maximum(np.arange(n_frames), first)
+        return np.clip(end[:, None] - k + np.arange(k)[None, :], 0, n_frames - 1)
+
+    def _streams(self, clip: np.ndarray, clip_index: int) -> dict:
+        """Both streams' raw scores, maps and the motion predictions of one prepared clip."""
+        s_m, m_m, pred = self._raw_one(clip, clip_index, "forward")
+        s_a, m_a = self._appearance_clip(clip, clip_index)
+        return {"motion": s_m, "motion_maps": m_m, "predictions": pred, "appearance": s_a,
+                "appearance_maps": m_a}
+
+    def _scales(self) -> Tuple[float, float]:
+        """(motion, appearance) training-frame ceilings for the scoring settings in force."""
+        sc = getattr(self, "stream_scales_", None)
+        key = [_norm(v) for v in self._score_key()] + [_norm(v) for v in self._app_key()]
+        if sc is None or _norm(tuple(sc["key"])) != _norm(tuple(key)):
+            raise ValueError("the stream scales of fusion=" + repr(self.fusion) + " were fitted for other "
+                             "scoring settings; call calibrate(normal_clips) (e.g. the training clips) "
+                             "for the current ones, or use fusion='motion' / 'appearance'")
+        return float(sc["motion"]), float(sc["appearance"])
+
+    def _gated(self, st: dict) -> np.ndarray:
+        """[T] 0/1: frames whose motion score is voided (fusion="gate" / "gated_max": a context
+        frame's appearance score is above `gate` times its training ceiling; all 0 otherwise)."""
+        n = len(st["appearance"])
+        if self.fusion not in ("gate", "gated_max"):
+            return np.zeros(n, int)
+        z_a = st["appearance"] / self._scales()[1]
+        return (z_a[self._context_index(n)].max(axis=1) > float(self.gate)).astype(int)
+
+    def _fuse(self, st: dict):
+        """Fused (scores [T], maps [T, h, w]) of `_streams` output, by `fusion`."""
+        if self.fusion == "motion":
+            return st["motion"], st["motion_maps"]
+        if self.fusion == "appearance":
+            return st["appearance"], st["appearance_maps"]
+        q_m, q_a = self._scales()
+        z_m, z_a = st["motion"] / q_m, st["appearance"] / q_a
+        keep = 1.0 - self._gated(st)
+        # "gate": the appearance stream counts only where it raises an alarm (above the gate).
+        alarm = (z_a > float(self.gate)).astype(z_a.dtype) if self.fusion == "gate" else np.ones_like(z_a)
+        scores = np.maximum(keep * z_m, alarm * z_a)
+        maps = np.maximum(keep[:, None, None] * st["motion_maps"] / q_m,
+                          alarm[:, None, None] * st["appearance_maps"] / q_a)
+        return scores, maps
+
+    def _calibrate(self, clips: List[np.ndarray]) -> None:
+        motion, app = [], []
+        for i, c in enumerate(clips):
+            st = self._streams(c, i)
+            motion.append(st["motion"])
+            app.append(st["appearance"])
+        q = [float(np.quantile(np.concatenate(v), SCALE_QUANTILE)) for v in (motion, app)]
+        key = [_norm(v) for v in self._score_key()] + [_norm(v) for v in self._app_key()]
+        self.stream_scales_ = {"key": key, "motion": max(q[0], 1e-12), "appearance": max(q[1], 1e-12)}
+
+    def calibrate(self, X):
+        """Refits the two streams' scales (appearance=True) on normal clips for the scoring settings
+        in force, and with them `decision_scores_` and `threshold_`. Needed after set_params changes
+        a scoring setting when fusion is "gate" or "max" (fit calibrates on the training clips).
+
+        Args:
+          X: normal clips (a clip or a list; the training clips are the natural choice).
+
+        Returns:
+          self.
+        """
+        self._check_fitted()
+        if not self.appearance:
+            raise ValueError("calibrate needs a detector fitted with appearance=True")
+        clips = self._prepare(X if isinstance(X, (list, tuple)) else [X], fitting=False)
+        self._calibrate(clips)
+        self.decision_scores_ = np.asarray(self._decision_function(clips), np.float64)
+        self._process_decision_scores()
+        return self
+
+    def _frame_reduce(self):
+        """maps [B, h, w] -> frame scores [B] by frame_score / topk."""
+        fscore, topk = self.frame_score, float(self.topk)
+
+        def reduce(maps):
+            flat = maps.reshape(maps.shape[0], -1)
+            if fscore == "max":
+                return jnp.max(flat, axis=-1)
+            if fscore == "mean":
+                return jnp.mean(flat, axis=-1)
+            kk = max(1, int(round(topk * flat.shape[-1])))
+            return jnp.mean(jax.lax.top_k(flat, kk)[0], axis=-1)
+
+        return reduce
+
     def _raw_clip(self, clip: np.ndarray, clip_index: int):
         """Raw frame scores [T], maps [T, h, w] and predictions [T, h, w, C] of one prepared clip
-        (direction="both": the mean of the forward model's and the backward model's)."""
+        (direction="both": the mean of the forward model's and the backward model's;
+        appearance=True: the fused streams, by `fusion`)."""
+        if self.appearance:
+            st = self._streams(clip, clip_index)
+            return self._fuse(st) + (st["predictions"],)
         fwd = self._raw_one(clip, clip_index, "forward")
         if self.direction != "both":
             return fwd
@@ -651,19 +855,29 @@ class VideoDetector(BaseDetector):
 
     def analyze(self, clip) -> dict:
         """Raw scores [T], maps [T, H, W] and predicted frames [T, H, W, C] in [0, 1] of one clip
-        (at the input resolution; no normalisation or smoothing)."""
+        (at the input resolution; no normalisation or smoothing). With appearance=True also the
+        raw stream scores "motion_scores" and "appearance_scores" [T] and "gated" [T] (1 where
+        the motion score was voided by an anomalous-looking context frame; all 0 unless fusion is
+        "gate" or "gated_max")."""
         self._check_fitted()
         if isinstance(clip, (list, tuple)):
             raise ValueError("analyze takes a single clip [T, H, W, C], got a list of clips")
         arr = np.asarray(clip)
         prepared = self._prepare(arr, fitting=False)[0]
-        s, maps, preds = self._raw_clip(prepared, 0)
+        extra = {}
+        if self.appearance:
+            st = self._streams(prepared, 0)
+            (s, maps), preds = self._fuse(st), st["predictions"]
+            extra = {"motion_scores": st["motion"], "appearance_scores": st["appearance"],
+                     "gated": self._gated(st)}
+        else:
+            s, maps, preds = self._raw_clip(prepared, 0)
         hw = tuple(arr.shape[1:3])
         if tuple(maps.shape[1:]) != hw:
             maps = np.asarray(jax.image.resize(jnp.asarray(maps), (len(maps),) + hw, "bilinear"))
             preds = np.asarray(jax.image.resize(jnp.asarray(preds), (len(preds),) + hw + preds.shape[-1:],
                                                 "bilinear"))
-        return {"scores": s, "maps": maps, "predictions": preds}
+        return {"scores": s, "maps": maps, "predictions": preds, **extra}
 
     def anomaly_map(self, X):
         """Per-pixel anomaly maps [T, H, W] at the input resolution (a list for a list of clips)."""
@@ -681,6 +895,9 @@ class VideoDetector(BaseDetector):
             meta.update(target_scale_bwd=float(self.target_scale_bwd_),
                         flow_scale_bwd=float(self.flow_scale_bwd_))
             return meta, jax.tree.map(np.asarray, {"forward": self.params_, "backward": self.params_bwd_})
+        if self.appearance:
+            meta["stream_scales"] = self.stream_scales_
+            return meta, jax.tree.map(np.asarray, {"forward": self.params_, "appearance": self.params_app_})
         return meta, jax.tree.map(np.asarray, self.params_)
 
     def _abstract_arrays(self, meta):
@@ -691,7 +908,13 @@ class VideoDetector(BaseDetector):
         xs, cs = self._shapes()
         one = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1,) + xs), jnp.zeros((1,)),
                                               None if cs is None else jnp.zeros((1,) + cs)))
-        return {"forward": one, "backward": one} if self.direction == "both" else one
+        if self.direction == "both":
+            return {"forward": one, "backward": one}
+        if self.appearance:
+            app = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1,) + xs), jnp.zeros((1,)),
+                                                  None))
+            return {"forward": one, "appearance": app}
+        return one
 
     def _import(self, meta, arrays):
         self.n_train_ = int(meta["n_train"])
@@ -710,6 +933,12 @@ class VideoDetector(BaseDetector):
             self.params_bwd_ = jax.tree.map(jnp.asarray, arrays["backward"])
             self.target_scale_bwd_ = float(meta["target_scale_bwd"])
             self.flow_scale_bwd_ = float(meta["flow_scale_bwd"])
+        elif self.appearance:
+            self.params_ = jax.tree.map(jnp.asarray, arrays["forward"])
+            self.params_app_ = jax.tree.map(jnp.asarray, arrays["appearance"])
+            self.stream_scales_ = {"key": list(meta["stream_scales"]["key"]),
+                                   "motion": float(meta["stream_scales"]["motion"]),
+                                   "appearance": float(meta["stream_scales"]["appearance"])}
         else:
             self.params_ = jax.tree.map(jnp.asarray, arrays)
         self._cache = {}

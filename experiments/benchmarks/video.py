@@ -16,7 +16,8 @@ comparison.
 Overrides (multi-seed runs and options): --procedural_seed (data and networks),
 --procedural_variant (standard / varied: nuisance variation of the objects), --ped2_seed
 (networks; the clips are fixed), --ped2_size, --motion (diff / flow / none for both detectors),
---direction (forward / both: add a backward model),
+--direction (forward / both: add a backward model), --appearance (add the per-frame appearance
+stream and the gated fusion to the procedural detector),
 --train_steps_scale; --skip_ped2 / --skip_procedural run one part.
 Writes docs/results/video.md (its generated tables; the text below KEEP_MARKER is kept) and
 docs/results/video.json.
@@ -42,14 +43,14 @@ from experiments.configs import video_ped2, video_procedural
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _QUICK = _OUT = _SKIP_PED2 = _STEPS_SCALE = _PED2_SIZE = _SKIP_PROC = _PROC_SEED = _PED2_SEED = _MOTION = None
-_PROC_VARIANT = _DIRECTION = None
+_PROC_VARIANT = _DIRECTION = _APPEARANCE = None
 
 
 def define_flags() -> None:
     """Defines the script's command-line flags (only when run as a script, so that the launcher
     can import this module's functions next to the other benchmark modules)."""
     global _QUICK, _OUT, _SKIP_PED2, _STEPS_SCALE, _PED2_SIZE, _SKIP_PROC, _PROC_SEED, _PED2_SEED, _MOTION  # pylint: disable=global-statement
-    global _PROC_VARIANT, _DIRECTION  # pylint: disable=global-statement
+    global _PROC_VARIANT, _DIRECTION, _APPEARANCE  # pylint: disable=global-statement
     _QUICK = flags.DEFINE_bool("quick", False, "Tiny settings (smoke test of the script).")
     _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "video.md"), "Results file.")
     _SKIP_PED2 = flags.DEFINE_bool("skip_ped2", False, "Only the procedural set.")
@@ -69,6 +70,8 @@ def define_flags() -> None:
     _DIRECTION = flags.DEFINE_enum("direction", None, ["forward", "both"], "Prediction direction of "
                                    "both detectors instead of the configs' (both: forward + backward "
                                    "model, mean of their scores).")
+    _APPEARANCE = flags.DEFINE_bool("appearance", None, "Procedural detector with (or, =false, without) "
+                                    "the appearance stream and gated fusion, instead of the config's.")
 
 
 def _f(x: np.ndarray) -> np.ndarray:
@@ -217,6 +220,9 @@ def _norm_value(v):
 def _name(kw: dict) -> str:
     motion = {"diff": " + frame diff", "flow": " + optical flow", "none": ""}[kw.get("motion", "diff")]
     both = ", forward + backward" if kw.get("direction", "forward") == "both" else ""
+    if kw.get("appearance"):
+        both = (f", + appearance stream, fusion {kw.get('fusion', 'gate')}"
+                + (f" {kw.get('gate', 2.0):g}" if kw.get("fusion", "gate") in ("gate", "gated_max") else ""))
     return (f"adiff VideoDetector (prediction{both}, K={kw.get('context_frames')}{motion}, "
             f"target {kw.get('target')}, {kw.get('parameterization')}, score {kw.get('score')} "
             f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')}"
@@ -284,18 +290,29 @@ def run_ped2(quick: bool, steps_scale: float = 1.0, size=None, seed=None, motion
 
 
 def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None, variant=None,
-                   direction=None) -> dict:
+                   direction=None, appearance=None) -> dict:
     cfg = _with_seed(video_procedural.get_config(), seed)
     if variant is not None:
         cfg.variant = variant
     n_train, n_test, n_frames = (4, 1, 16) if quick else (cfg.num_train, cfg.num_test, cfg.num_frames)
     train, test = load_split(cfg, seed=cfg.seed, counts=(n_train, n_test, n_frames))
     kw = _detector_kwargs(cfg, steps_scale, motion, quick, direction)
+    if appearance is not None:
+        kw["appearance"] = bool(appearance)
     methods = {}
     t = time.time()
     det = VideoDetector(seed=cfg.seed, **kw).fit(train.clips)
     fit_s = time.time() - t
     methods[_name(kw)] = det.decision_function(test.clips)
+    if det.appearance:  # the streams of the same fit, alone and ungated; then the motion model's rows
+        for fusion, label in (("motion", "motion stream alone (the forward detector)"),
+                              ("appearance", "appearance stream alone"), ("max", "ungated max of the streams"),
+                              ("gated_max", "gated max of the streams (the fusion first pre-registered in "
+                                            "session 16)")):
+            if fusion != det.fusion:
+                det.set_params(fusion=fusion)
+                methods[f"adiff, same model, {label}"] = det.decision_function(test.clips)
+        det.set_params(fusion="motion")
     det.set_params(score="denoise", t0=0.05, num_samples=4)
     methods["adiff, same model, denoising error at t=0.05 (4 draws)"] = det.decision_function(test.clips)
     det.set_params(**_DENOISE_SMOOTH)
@@ -372,7 +389,7 @@ def main(argv):
     proc = ped2 = None
     if not _SKIP_PROC.value:
         proc = run_procedural(_QUICK.value, _STEPS_SCALE.value, _PROC_SEED.value, _MOTION.value,
-                              _PROC_VARIANT.value, _DIRECTION.value)
+                              _PROC_VARIANT.value, _DIRECTION.value, _APPEARANCE.value)
         print(json.dumps(proc["results"], indent=1), flush=True)
     if not _SKIP_PED2.value:
         ped2 = run_ped2(_QUICK.value, _STEPS_SCALE.value, _PED2_SIZE.value, _PED2_SEED.value, _MOTION.value,
