@@ -369,9 +369,13 @@ def test_appearance_stream_fusion_gate_and_persistence(tmp_path):
     gated = z_a[ctx].max(axis=1) > g
     assert 0 < gated.sum() < 10
     alarm = z_a > g
+    kept = np.where(gated, 0.0, z_m)
     expect = {"gated_max": np.where(gated, z_a, np.maximum(z_m, z_a)),
-              "gate": np.maximum(np.where(gated, 0.0, z_m), np.where(alarm, z_a, 0.0))}
-    for fusion in ("gated_max", "gate"):
+              "gate": np.maximum(kept, np.where(alarm, z_a, 0.0)),
+              "alarm": np.where(alarm, 1.0 + z_a / (1.0 + z_a), kept / (1.0 + kept))}
+    # "alarm": every alarm frame above every other frame, whatever the motion scores.
+    assert expect["alarm"][alarm].min() > expect["alarm"][~alarm].max()
+    for fusion in ("gated_max", "gate", "alarm"):
         two.set_params(fusion=fusion, gate=g)
         out = two.analyze(clips[0])  # analyze scores its clip as index 0
         np.testing.assert_allclose(out["scores"], expect[fusion], rtol=1e-6)
@@ -382,7 +386,7 @@ def test_appearance_stream_fusion_gate_and_persistence(tmp_path):
     # A spike of appearance voids the motion scores of the K frames it conditions.
     st = {"motion": np.ones(10), "appearance": np.full(10, 0.1)}
     st["appearance"][4] = 100.0
-    two.set_params(gate=2.0)
+    two.set_params(gate=2.0, fusion="alarm")
     q_a = two.stream_scales_["appearance"]
     st["appearance"] = st["appearance"] * q_a
     assert np.flatnonzero(two._gated(st)).tolist() == [5, 6]

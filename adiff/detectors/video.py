@@ -43,7 +43,16 @@ Paradigms:
   frame averaged over t in `APPEARANCE_TIMES` x `APPEARANCE_DRAWS` noise draws (the same map and
   frame-score settings). Each stream's raw frame score is divided by its `SCALE_QUANTILE` quantile
   on the training frames (its normal ceiling, fitted for the scoring settings in force; see
-  `calibrate`), and `fusion` combines them. "gate" (default): a frame's score is its motion score,
+  `calibrate`), and `fusion` combines them. "alarm" (default): a frame whose appearance score is
+  above `gate` raises an alarm and ranks above every frame that does not (within the alarms, by
+  appearance score); a frame whose prediction was conditioned on a context frame above `gate` loses
+  its motion score, because a prediction from a context already judged anomalous is no evidence
+  about the frame it predicts (the carry-over after an appearance anomaly); every other frame takes
+  its motion score. The fused score is bounded and monotone in each tier: s / (1 + s) below the
+  alarm, 1 + z / (1 + z) for an alarm. The tiers exist because the two streams' scales are not
+  comparable on unseen clips: the motion stream's normal test frames reached 7.8 times its
+  training ceiling on one seed, its anomalous-appearance frames' appearance scores about 5 (session
+  17). "gate": a frame's score is its motion score,
   raised to its appearance score where that is above `gate` (an appearance alarm); and a frame whose
   prediction was conditioned on a context frame above `gate` loses its motion score, because a
   prediction from a context already judged anomalous is no evidence about the frame it predicts
@@ -91,7 +100,7 @@ TARGETS = ("residual", "frame")
 PARAMETERIZATIONS = ("v", "eps", "x0")
 SCORES = ("sample", "denoise")
 DIRECTIONS = ("forward", "both")
-FUSIONS = ("gate", "gated_max", "max", "motion", "appearance")
+FUSIONS = ("alarm", "gate", "gated_max", "max", "motion", "appearance")
 # The appearance stream's denoising times and noise draws per time (appearance=True), and the
 # training-frame quantile that scales each stream for the fusion.
 APPEARANCE_TIMES = (0.05, 0.1, 0.2)
@@ -226,11 +235,13 @@ class VideoDetector(BaseDetector):
       topk: fraction of pixels averaged by frame_score="topk".
       normalize: "none" (raw, the headline), "minmax" or "zscore" per clip.
       smooth_sigma: temporal Gaussian smoothing std in frames (0 = off).
-      fusion: with appearance=True, "gate", "gated_max", "max", "motion" or "appearance" (see
-        the module docstring); ignored otherwise.
+      fusion: with appearance=True, "alarm", "gate", "gated_max", "max", "motion" or
+        "appearance" (see the module docstring); ignored otherwise.
       gate: the appearance score (in units of its training-frame ceiling) above which a frame
-        raises an appearance alarm (fusion="gate") and voids the motion score of the frames it
-        conditions (fusion="gate" and "gated_max").
+        raises an appearance alarm (fusion="alarm" and "gate") and voids the motion score of the
+        frames it conditions ("alarm", "gate" and "gated_max"). 2.5 lies between the highest
+        normal frame (1.5) and the lowest anomalous-appearance frame (4.2) of the two development
+        seeds (docs/results/video.md, session 17).
       score_batch_size: frames per scoring call (fixed, padded).
       verbose: print training progress.
     """
@@ -246,7 +257,7 @@ class VideoDetector(BaseDetector):
                  t0: float = 1.0, solver_steps: int = 1, eta: float = 0.0, num_samples: int = 1,
                  distance: str = "squared", map_sigma: float = 1.0, frame_score: str = "topk",
                  topk: float = 0.02, normalize: str = "none", smooth_sigma: float = 0.0,
-                 fusion: str = "gate", gate: float = 2.0, score_batch_size: int = 64,
+                 fusion: str = "alarm", gate: float = 2.5, score_batch_size: int = 64,
                  verbose: bool = False):
         self.contamination = contamination
         self.seed = seed
@@ -692,10 +703,10 @@ class VideoDetector(BaseDetector):
         return float(sc["motion"]), float(sc["appearance"])
 
     def _gated(self, st: dict) -> np.ndarray:
-        """[T] 0/1: frames whose motion score is voided (fusion="gate" / "gated_max": a context
-        frame's appearance score is above `gate` times its training ceiling; all 0 otherwise)."""
+        """[T] 0/1: frames whose motion score is voided (fusion "alarm", "gate" or "gated_max": a
+        context frame's appearance score is above `gate` times its training ceiling; else all 0)."""
         n = len(st["appearance"])
-        if self.fusion not in ("gate", "gated_max"):
+        if self.fusion not in ("alarm", "gate", "gated_max"):
             return np.zeros(n, int)
         z_a = st["appearance"] / self._scales()[1]
         return (z_a[self._context_index(n)].max(axis=1) > float(self.gate)).astype(int)
@@ -709,9 +720,14 @@ class VideoDetector(BaseDetector):
         q_m, q_a = self._scales()
         z_m, z_a = st["motion"] / q_m, st["appearance"] / q_a
         keep = 1.0 - self._gated(st)
-        # "gate": the appearance stream counts only where it raises an alarm (above the gate).
-        alarm = (z_a > float(self.gate)).astype(z_a.dtype) if self.fusion == "gate" else np.ones_like(z_a)
-        scores = np.maximum(keep * z_m, alarm * z_a)
+        # "alarm" / "gate": the appearance stream counts only where it raises an alarm (above the gate).
+        gated_alarm = self.fusion in ("alarm", "gate")
+        alarm = (z_a > float(self.gate)).astype(z_a.dtype) if gated_alarm else np.ones_like(z_a)
+        if self.fusion == "alarm":  # two tiers: every alarm above every other frame
+            s = keep * z_m
+            scores = np.where(alarm > 0, 1.0 + z_a / (1.0 + z_a), s / (1.0 + s))
+        else:
+            scores = np.maximum(keep * z_m, alarm * z_a)
         maps = np.maximum(keep[:, None, None] * st["motion_maps"] / q_m,
                           alarm[:, None, None] * st["appearance_maps"] / q_a)
         return scores, maps
@@ -858,7 +874,7 @@ class VideoDetector(BaseDetector):
         (at the input resolution; no normalisation or smoothing). With appearance=True also the
         raw stream scores "motion_scores" and "appearance_scores" [T] and "gated" [T] (1 where
         the motion score was voided by an anomalous-looking context frame; all 0 unless fusion is
-        "gate" or "gated_max")."""
+        "alarm", "gate" or "gated_max")."""
         self._check_fitted()
         if isinstance(clip, (list, tuple)):
             raise ValueError("analyze takes a single clip [T, H, W, C], got a list of clips")

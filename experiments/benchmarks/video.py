@@ -221,8 +221,9 @@ def _name(kw: dict) -> str:
     motion = {"diff": " + frame diff", "flow": " + optical flow", "none": ""}[kw.get("motion", "diff")]
     both = ", forward + backward" if kw.get("direction", "forward") == "both" else ""
     if kw.get("appearance"):
-        both = (f", + appearance stream, fusion {kw.get('fusion', 'gate')}"
-                + (f" {kw.get('gate', 2.0):g}" if kw.get("fusion", "gate") in ("gate", "gated_max") else ""))
+        fusion = kw.get("fusion", "alarm")
+        both = (f", + appearance stream, fusion {fusion}"
+                + (f" {kw.get('gate', 2.5):g}" if fusion in ("alarm", "gate", "gated_max") else ""))
     return (f"adiff VideoDetector (prediction{both}, K={kw.get('context_frames')}{motion}, "
             f"target {kw.get('target')}, {kw.get('parameterization')}, score {kw.get('score')} "
             f"t0={kw.get('t0')} steps={kw.get('solver_steps')} samples={kw.get('num_samples')}"
@@ -308,7 +309,8 @@ def run_procedural(quick: bool, steps_scale: float = 1.0, seed=None, motion=None
         for fusion, label in (("motion", "motion stream alone (the forward detector)"),
                               ("appearance", "appearance stream alone"), ("max", "ungated max of the streams"),
                               ("gated_max", "gated max of the streams (the fusion first pre-registered in "
-                                            "session 16)")):
+                                            "session 16)"),
+                              ("gate", "gate fusion (the session-16 amendment; fails on seed 6)")):
             if fusion != det.fusion:
                 det.set_params(fusion=fusion)
                 methods[f"adiff, same model, {label}"] = det.decision_function(test.clips)
