@@ -357,6 +357,16 @@ def test_appearance_stream_fusion_gate_and_persistence(tmp_path):
         raw[f] = two.decision_function(clips)
         q = np.quantile(np.concatenate(raw[f]), video_lib.SCALE_QUANTILE)
         np.testing.assert_allclose(two.stream_scales_[f], q, rtol=1e-6)
+    # reuse_streams: a second fusion of the same clips reuses the first's streams, and equals a
+    # fresh computation.
+    with two.reuse_streams():
+        two.set_params(fusion="max")
+        first = two.decision_function(clips)
+        assert len(two._stream_memo) == 2
+        two.set_params(fusion="appearance")
+        np.testing.assert_allclose(two.decision_function(clips)[1], raw["appearance"][1], rtol=1e-6)
+        assert len(two._stream_memo) == 2
+    assert "_stream_memo" not in two.__dict__
     z_m = raw["motion"][0] / two.stream_scales_["motion"]
     z_a = raw["appearance"][0] / two.stream_scales_["appearance"]
     two.set_params(fusion="max")  # (scoring noise is keyed by the clip's index in the call)
@@ -414,3 +424,6 @@ def test_appearance_stream_fusion_gate_and_persistence(tmp_path):
         VideoDetector(appearance=True, gate=0.0, **kw).fit(clips)
     with pytest.raises(ValueError, match="calibrate needs"):
         fwd.calibrate(clips)
+    with pytest.raises(ValueError, match="reuse_streams needs"):
+        with fwd.reuse_streams():
+            pass

@@ -79,6 +79,8 @@ options may not.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -686,11 +688,43 @@ class VideoDetector(BaseDetector):
         return np.clip(end[:, None] - k + np.arange(k)[None, :], 0, n_frames - 1)
 
     def _streams(self, clip: np.ndarray, clip_index: int) -> dict:
-        """Both streams' raw scores, maps and the motion predictions of one prepared clip."""
+        """Both streams' raw scores, maps and the motion predictions of one prepared clip (from the
+        memo of `reuse_streams` where one is open and holds them)."""
+        memo = self.__dict__.get("_stream_memo")
+        if memo is not None:
+            key = (int(clip_index), hashlib.sha1(np.ascontiguousarray(clip).tobytes()).hexdigest(),
+                   clip.shape, repr(self._score_key()), repr(self._app_key()))
+            if key in memo:
+                return memo[key]
         s_m, m_m, pred = self._raw_one(clip, clip_index, "forward")
         s_a, m_a = self._appearance_clip(clip, clip_index)
-        return {"motion": s_m, "motion_maps": m_m, "predictions": pred, "appearance": s_a,
-                "appearance_maps": m_a}
+        out = {"motion": s_m, "motion_maps": m_m, "predictions": pred, "appearance": s_a,
+               "appearance_maps": m_a}
+        if memo is not None:
+            memo[key] = out
+        return out
+
+    @contextlib.contextmanager
+    def reuse_streams(self):
+        """Context manager (appearance=True): inside it, scoring a clip again with the same scoring
+        settings (and at the same position in its call, which keys the noise) reuses the two
+        streams' raw scores and maps instead of recomputing them, so comparing `fusion` or `gate`
+        settings costs one scoring pass. Holds every scored clip's maps and predictions in memory
+        until the block ends.
+
+        Example:
+          with det.reuse_streams():
+              for f in ("alarm", "max"):
+                  det.set_params(fusion=f)
+                  scores[f] = det.decision_function(clips)
+        """
+        if not self.appearance:
+            raise ValueError("reuse_streams needs a detector with appearance=True")
+        self._stream_memo = {}
+        try:
+            yield self
+        finally:
+            self.__dict__.pop("_stream_memo", None)
 
     def _scales(self) -> Tuple[float, float]:
         """(motion, appearance) training-frame ceilings for the scoring settings in force."""
@@ -781,7 +815,7 @@ class VideoDetector(BaseDetector):
         """Raw frame scores [T], maps [T, h, w] and predictions [T, h, w, C] of one prepared clip
         (direction="both": the mean of the forward model's and the backward model's;
         appearance=True: the fused streams, by `fusion`)."""
-        if self.appearance:
+        if self.appearance and self.fusion != "motion":  # ("motion" needs no appearance stream)
             st = self._streams(clip, clip_index)
             return self._fuse(st) + (st["predictions"],)
         fwd = self._raw_one(clip, clip_index, "forward")
