@@ -1,6 +1,7 @@
 """Fusion sweep on the dev run's raw streams: AUROC per type (speed, direction, acceleration,
 appearance, mean) of each stream, the gated max at several scale quantiles / gates, z_a ranges per
-clip, and the appearance-alarm fusion (the amendment). Usage: python dev_analysis.py dev_seed0.npz"""
+clip, the appearance-alarm fusion (the session-16 amendment) and the two-tier alarm (session 17).
+Usage: python dev_analysis.py dev_seed0.npz (written by dev_run.py)"""
 import sys, numpy as np
 from adiff import metrics
 d = np.load(sys.argv[1]); K = int(d["K"])
@@ -39,3 +40,15 @@ for q in (0.99, 0.999, 1.0):
             keep = 1.0 - (za[ctx(len(za))].max(1) > g)
             return np.maximum(keep * zm, za * (za > g))
         print(f"q={q} gate={g}", np.round(row(f), 4))
+print("--- session 17: two-tier alarm fusion (alarms above every other frame)")
+for q in (0.99, 1.0):
+    qm, qa = np.quantile(trm, q), np.quantile(tra, q)
+    for g in (1.5, 2.0, 2.5, 3.0):
+        def f(m, a):
+            zm, za = m / qm, a / qa
+            s = (1.0 - (za[ctx(len(za))].max(1) > g)) * zm
+            return np.where(za > g, 1 + za / (1 + za), s / (1 + s))
+        print(f"  alarm q={q} gate={g}", np.round(row(f), 4))
+za_tr = tra / np.quantile(tra, .99)
+print("  training z_a max %.2f; test normal-labelled z_a max %.2f" % (za_tr.max(), max(
+    (d[f"test_a_{i}"] / np.quantile(tra, .99))[d[f"label_{i}"] == 0].max() for i in range(nt))))
