@@ -779,7 +779,8 @@ class VideoDetector(BaseDetector):
     def calibrate(self, X):
         """Refits the two streams' scales (appearance=True) on normal clips for the scoring settings
         in force, and with them `decision_scores_` and `threshold_`. Needed after set_params changes
-        a scoring setting when fusion is "gate" or "max" (fit calibrates on the training clips).
+        a scoring setting, unless fusion is "motion" or "appearance" (fit calibrates on the training
+        clips).
 
         Args:
           X: normal clips (a clip or a list; the training clips are the natural choice).
