@@ -103,6 +103,7 @@ PARAMETERIZATIONS = ("v", "eps", "x0")
 SCORES = ("sample", "denoise")
 DIRECTIONS = ("forward", "both")
 FUSIONS = ("alarm", "gate", "gated_max", "max", "motion", "appearance")
+_GATING = ("alarm", "gate", "gated_max")  # the fusions that void motion scores after an alarm
 # The appearance stream's denoising times and noise draws per time (appearance=True), and the
 # training-frame quantile that scales each stream for the fusion.
 APPEARANCE_TIMES = (0.05, 0.1, 0.2)
@@ -513,9 +514,17 @@ class VideoDetector(BaseDetector):
                 [self._reversed(c) for c in X])
         self.n_train_ = int(sum(len(c) for c in X))
         self._cache = {}
-        if self.appearance:
+        if self.appearance:  # (the stream scales are fitted with the training scores, below)
             self.params_app_ = self._train_appearance(X)
-            self._calibrate(X)
+
+    def _training_scores(self, data) -> np.ndarray:
+        """appearance=True: one pass of the two streams over the training clips serves both the
+        stream scales and the training scores."""
+        if not self.appearance:
+            return super()._training_scores(data)
+        with self.reuse_streams():
+            self._calibrate(data)
+            return self._decision_function(data)
 
     def _train_appearance(self, X):
         """Trains the unconditional single-frame model of appearance=True; returns EMA params."""
@@ -720,6 +729,9 @@ class VideoDetector(BaseDetector):
         """
         if not self.appearance:
             raise ValueError("reuse_streams needs a detector with appearance=True")
+        if "_stream_memo" in self.__dict__:  # nested: the open block's memo serves
+            yield self
+            return
         self._stream_memo = {}
         try:
             yield self
@@ -729,21 +741,20 @@ class VideoDetector(BaseDetector):
     def _scales(self) -> Tuple[float, float]:
         """(motion, appearance) training-frame ceilings for the scoring settings in force."""
         sc = getattr(self, "stream_scales_", None)
-        key = [_norm(v) for v in self._score_key()] + [_norm(v) for v in self._app_key()]
-        if sc is None or _norm(tuple(sc["key"])) != _norm(tuple(key)):
+        if sc is None or _norm(tuple(sc["key"])) != _norm(tuple(self._scales_key())):
             raise ValueError("the stream scales of fusion=" + repr(self.fusion) + " were fitted for other "
                              "scoring settings; call calibrate(normal_clips) (e.g. the training clips) "
                              "for the current ones, or use fusion='motion' / 'appearance'")
         return float(sc["motion"]), float(sc["appearance"])
 
-    def _gated(self, st: dict) -> np.ndarray:
-        """[T] 0/1: frames whose motion score is voided (fusion "alarm", "gate" or "gated_max": a
-        context frame's appearance score is above `gate` times its training ceiling; else all 0)."""
-        n = len(st["appearance"])
-        if self.fusion not in ("alarm", "gate", "gated_max"):
-            return np.zeros(n, int)
-        z_a = st["appearance"] / self._scales()[1]
-        return (z_a[self._context_index(n)].max(axis=1) > float(self.gate)).astype(int)
+    def _scales_key(self) -> list:
+        """The scoring settings that the stream scales belong to."""
+        return [_norm(v) for v in self._score_key()] + [_norm(v) for v in self._app_key()]
+
+    def _gated(self, z_a: np.ndarray) -> np.ndarray:
+        """[T] 0/1 from scaled appearance scores z_a [T]: the frames whose motion score a gating
+        fusion voids (a context frame's z_a is above `gate`)."""
+        return (z_a[self._context_index(len(z_a))].max(axis=1) > float(self.gate)).astype(int)
 
     def _fuse(self, st: dict):
         """Fused (scores [T], maps [T, h, w]) of `_streams` output, by `fusion`."""
@@ -753,7 +764,7 @@ class VideoDetector(BaseDetector):
             return st["appearance"], st["appearance_maps"]
         q_m, q_a = self._scales()
         z_m, z_a = st["motion"] / q_m, st["appearance"] / q_a
-        keep = 1.0 - self._gated(st)
+        keep = 1.0 - self._gated(z_a) if self.fusion in _GATING else np.ones_like(z_a)
         # "alarm" / "gate": the appearance stream counts only where it raises an alarm (above the gate).
         gated_alarm = self.fusion in ("alarm", "gate")
         alarm = (z_a > float(self.gate)).astype(z_a.dtype) if gated_alarm else np.ones_like(z_a)
@@ -773,8 +784,8 @@ class VideoDetector(BaseDetector):
             motion.append(st["motion"])
             app.append(st["appearance"])
         q = [float(np.quantile(np.concatenate(v), SCALE_QUANTILE)) for v in (motion, app)]
-        key = [_norm(v) for v in self._score_key()] + [_norm(v) for v in self._app_key()]
-        self.stream_scales_ = {"key": key, "motion": max(q[0], 1e-12), "appearance": max(q[1], 1e-12)}
+        self.stream_scales_ = {"key": self._scales_key(), "motion": max(q[0], 1e-12),
+                               "appearance": max(q[1], 1e-12)}
 
     def calibrate(self, X):
         """Refits the two streams' scales (appearance=True) on normal clips for the scoring settings
@@ -792,8 +803,7 @@ class VideoDetector(BaseDetector):
         if not self.appearance:
             raise ValueError("calibrate needs a detector fitted with appearance=True")
         clips = self._prepare(X if isinstance(X, (list, tuple)) else [X], fitting=False)
-        self._calibrate(clips)
-        self.decision_scores_ = np.asarray(self._decision_function(clips), np.float64)
+        self.decision_scores_ = np.asarray(self._training_scores(clips), np.float64)
         self._process_decision_scores()
         return self
 
@@ -919,8 +929,9 @@ class VideoDetector(BaseDetector):
         if self.appearance:
             st = self._streams(prepared, 0)
             (s, maps), preds = self._fuse(st), st["predictions"]
-            extra = {"motion_scores": st["motion"], "appearance_scores": st["appearance"],
-                     "gated": self._gated(st)}
+            gated = (self._gated(st["appearance"] / self._scales()[1]) if self.fusion in _GATING
+                     else np.zeros(len(s), int))
+            extra = {"motion_scores": st["motion"], "appearance_scores": st["appearance"], "gated": gated}
         else:
             s, maps, preds = self._raw_clip(prepared, 0)
         hw = tuple(arr.shape[1:3])
