@@ -52,16 +52,10 @@ Paradigms:
   alarm, 1 + z / (1 + z) for an alarm. The tiers exist because the two streams' scales are not
   comparable on unseen clips: the motion stream's normal test frames reached 7.8 times its
   training ceiling on one seed, its anomalous-appearance frames' appearance scores about 5 (session
-  17). "gate": a frame's score is its motion score,
-  raised to its appearance score where that is above `gate` (an appearance alarm); and a frame whose
-  prediction was conditioned on a context frame above `gate` loses its motion score, because a
-  prediction from a context already judged anomalous is no evidence about the frame it predicts
-  (the carry-over after an appearance anomaly). Below the gate the appearance stream stays silent,
-  so its normal fluctuations do not blur the motion ranking. "gated_max" voids motion scores the
-  same way but takes max(motion, appearance) everywhere else (the fusion pre-registered first, in
-  session 16; the dev seed showed that blur); "max" is the ungated maximum; "motion" and
-  "appearance" one raw stream alone (the former equals the forward detector). Measured:
-  docs/results/video.md, session 17.
+  17). "gate" voids motion scores the same way but takes max(motion, appearance alarm) on one
+  scale; "gated_max" takes max(motion, appearance) (below the gate too); "max" is the ungated
+  maximum; "motion" and "appearance" one raw stream alone (the former equals the forward
+  detector). Measured: docs/results/video.md, sessions 16-17.
 - "reconstruction": an unconditional diffusion model of short clips (the K + 1 frames t-K..t
   stacked along channels); scoring noises the clip to time `t0`, reconstructs it with DDIM and
   measures the error of the last frame.
