@@ -1,6 +1,8 @@
 """Shared test setup: absl flags parsed (grain needs it), data-directory lookup."""
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 from absl import flags
@@ -20,6 +22,29 @@ os.environ.setdefault("ADIFF_TEST_XLA_FLAGS", TEST_XLA_FLAGS)
 if os.environ["ADIFF_TEST_XLA_FLAGS"] not in os.environ.get("XLA_FLAGS", ""):  # xdist workers inherit it
     os.environ["XLA_FLAGS"] = " ".join(
         f for f in (os.environ.get("XLA_FLAGS", ""), os.environ["ADIFF_TEST_XLA_FLAGS"]) if f)
+
+# A persistent compilation cache shared by the test processes of one run (xdist workers and the
+# subprocesses that inherit the environment): many tests compile the same programs again (a
+# detector fitted twice with one seed, a training run resumed after a kill, forward and reversed
+# video models of one shape), and a cached executable is the one a fresh compile would give.
+# Measured on 2 cores (session 18): determinism_test 59 s -> 47 s, the video bidirectional test
+# 92 s -> 69 s, from a cold cache. A fresh directory per run (made by the controlling process,
+# inherited by the workers, removed at the end), so a run never reads an earlier run's cache;
+# ADIFF_TEST_JAX_CACHE=0 turns it off, and a JAX_COMPILATION_CACHE_DIR of the user's is kept.
+_OWN_CACHE = None
+if (os.environ.get("ADIFF_TEST_JAX_CACHE", "1") != "0"
+        and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="adiff-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+    del config
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

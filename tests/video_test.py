@@ -1,8 +1,9 @@
 """Tests of adiff.data.video and adiff.detectors.video (budget: <= 60 s on one core).
 
-One tiny motion-conditioned detector with the appearance stream (16 x 16 procedural clips,
-configs/video_tiny.py, like the procedural config) is
-trained once per module and shared by the contract, detection and save/load tests.
+One tiny motion-conditioned detector (16 x 16 procedural clips, configs/video_tiny.py, with
+the appearance stream off: test_appearance_stream_fusion_gate_and_persistence covers that stream
+on its own, and leaving it out here halves the fixture's training) is trained once per module and
+shared by the contract, detection and save/load tests.
 """
 import numpy as np
 import pytest
@@ -20,7 +21,9 @@ def tiny():
     cfg = video_tiny.get_config()
     train, test = video_data.procedural_benchmark(0, num_train=cfg.num_train, num_test=cfg.num_test,
                                                   num_frames=cfg.num_frames, size=cfg.size)
-    det = VideoDetector(seed=0, **dict(cfg.detector)).fit(train.clips)
+    kw = dict(cfg.detector)
+    kw.update(appearance=False, fusion="motion")
+    det = VideoDetector(seed=0, **kw).fit(train.clips)
     return det, train, test
 
 
@@ -223,10 +226,6 @@ def test_residual_target_scale_and_scores(tiny):
     d = np.concatenate([f[k:] - f[k - 1:-1] for f in frames])
     np.testing.assert_allclose(det.target_scale_, 1.0 / d.std(), rtol=1e-3)
     clip = test.clips[0]
-    # The motion stream alone (the tiny config, like the procedural one, has the appearance
-    # stream, whose fused scales belong to the configured score).
-    fusion = det.fusion
-    det.set_params(fusion="motion")
     s = det.decision_function(clip)
     det.set_params(score="denoise", t0=0.05, num_samples=2)
     try:
@@ -237,7 +236,7 @@ def test_residual_target_scale_and_scores(tiny):
         det.set_params(t0=0.01)
         assert det.decision_function(clip).mean() < z.mean()
     finally:
-        det.set_params(score="sample", t0=1.0, num_samples=1, fusion=fusion)
+        det.set_params(score="sample", t0=1.0, num_samples=1)
     for name, bad, good in (("target", "frame", "residual"), ("score", "likelihood", "sample")):
         with pytest.raises(ValueError, match=name):
             det.set_params(**{name: bad})
