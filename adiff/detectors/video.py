@@ -76,7 +76,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -520,23 +520,30 @@ class VideoDetector(BaseDetector):
             self._calibrate(data)
             return self._decision_function(data)
 
+    def _fit_unet(self, data: np.ndarray, cond_shape, seed: int, split) -> Any:
+        """Initialises the UNet with `seed` and trains it by denoising score matching on `data`;
+        `split(batch) -> (x0, cond)` cuts a training batch into target and conditioning. Returns
+        the EMA params. Shared by the motion model and the appearance model."""
+        net, sde, kind = self._unet(), self._sde, self.parameterization
+        xs, _ = self._shapes()
+        params = jax.jit(net.init)(jax.random.key(seed, impl="rbg"), jnp.zeros((1,) + xs),
+                                   jnp.zeros((1,)),
+                                   None if cond_shape is None else jnp.zeros((1,) + cond_shape))
+
+        def loss_fn(p, batch, key):
+            x0, cond = split(batch)
+            return losses.dsm_loss(lambda v, t: net.apply(p, v, t, cond), sde, x0, key,
+                                   parameterization=kind).loss, {}
+
+        res = trainer.fit(loss_fn, params, data, config=self._train_config(len(data), seed),
+                          progress=self.verbose)
+        return res.state.ema_params
+
     def _train_appearance(self, X):
         """Trains the unconditional single-frame model of appearance=True; returns EMA params."""
         c = self.n_channels_
         data = np.concatenate([np.asarray(v)[..., :c] for v in X]).astype(np.float32)
-        kind = self.parameterization
-        net, sde = self._unet(), self._sde
-        xs, _ = self._shapes()
-        params = jax.jit(net.init)(jax.random.key(self.seed + 1, impl="rbg"), jnp.zeros((1,) + xs),
-                                   jnp.zeros((1,)), None)
-
-        def loss_fn(p, batch, key):
-            return losses.dsm_loss(lambda v, t: net.apply(p, v, t, None), sde, batch, key,
-                                   parameterization=kind).loss, {}
-
-        res = trainer.fit(loss_fn, params, data, config=self._train_config(len(data), self.seed + 1),
-                          progress=self.verbose)
-        return res.state.ema_params
+        return self._fit_unet(data, None, self.seed + 1, lambda batch: (batch, None))
 
     def _train(self, X) -> tuple:
         """Trains one model on prepared clips; returns (EMA params, target scale, flow scale)."""
@@ -561,21 +568,11 @@ class VideoDetector(BaseDetector):
         if self._flow():
             sd = float(np.std(data[:, 1:-1, ..., c:]))
             flow_scale = 1.0 / sd if sd > 1e-6 else 1.0
-        kind = self.parameterization
-        net, sde = self._unet(), self._sde
-        xs, cs = self._shapes()
-        params = jax.jit(net.init)(jax.random.key(self.seed, impl="rbg"), jnp.zeros((1,) + xs),
-                                   jnp.zeros((1,)), None if cs is None else jnp.zeros((1,) + cs))
+        _, cs = self._shapes()
         split = self._split
-
-        def loss_fn(p, batch, key):
-            x0, cond = split(batch, scale, flow_scale)
-            model_fn = lambda v, t: net.apply(p, v, t, cond)
-            return losses.dsm_loss(model_fn, sde, x0, key, parameterization=kind).loss, {}
-
-        res = trainer.fit(loss_fn, params, data, config=self._train_config(len(data)),
-                          progress=self.verbose)
-        return res.state.ema_params, scale, flow_scale
+        params = self._fit_unet(data, cs, self.seed,
+                                lambda batch: split(batch, scale, flow_scale))
+        return params, scale, flow_scale
 
     # -- scoring -------------------------------------------------------------------------------
     def _score_key(self) -> tuple:
