@@ -23,6 +23,12 @@ statistic, does not), under the same random protocol and standardisation as tabu
   a test row with m_5 = 0, a duplicate of a training row, gives NaN there and is scored 0, as its
   run script does). Session 11: tells whether the reference's 0.881 / 0.861 differ from V0 through
   the estimator (float ties, saturation) or through the splits;
+- V9 (session 18): -log p_t(x) of the diffused empirical mixture of the 50 nearest training rows,
+  at the step t chosen per split by the leave-one-out log-likelihood of the training rows (a
+  label-free bandwidth choice: the density paradigm with the noise level fitted to the data);
+- V10 (session 18): feature-bagged DTE-NP, the mean over 10 random feature subspaces (size uniform
+  in ceil(d / 2) .. d - 1, drawn with the seed) of log(m_5 / |S|), the per-dimension noise level
+  that DTE-NP's time estimate follows (comparable across subspace sizes);
 - KNN: PyOD KNN (k = 5, largest), the baseline of tabular.py.
 
   python -m experiments.benchmarks.tabular_np_variants --seeds=0,1,2 --small_only \\
@@ -47,7 +53,7 @@ _SMALL = flags.DEFINE_bool("small_only", True, "Only the 27 sets with at most 40
 _OUT = flags.DEFINE_string("variants_out", str(REPO / "docs" / "results" / "tabular_np_variants.json"),
                            "JSON output (per set, per seed AUROC of every variant).")
 
-VARIANTS = ("V0", "V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8", "KNN")
+VARIANTS = ("V0", "V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8", "V9", "V10", "KNN")
 _BIG = 40000
 
 
@@ -87,6 +93,36 @@ def reference_dte_time(m5: np.ndarray, dim: int) -> tuple:
     return np.where(np.isnan(mean), 0.0, mean), mode
 
 
+def loo_bandwidth_density(d2_tr: np.ndarray, d2_te: np.ndarray, dim: int) -> np.ndarray:
+    """V9: -log p_v(x) under sum_i N(x; x_i, v I) over the rows of d2_te [B, K], with v the step
+    variance of DTE's schedule that maximises the leave-one-out log-likelihood of the training
+    rows (d2_tr [N, K], each row's own distance excluded). Constants shared by all rows dropped."""
+    from scipy.special import logsumexp  # pylint: disable=import-outside-toplevel
+    v = _ddpm_variances()
+    # Exact duplicates of a row (distance 0) would drive the leave-one-out optimum to the smallest
+    # variance; they are left out of the choice of v (not of the score).
+    d2_tr = np.where(d2_tr > 0, d2_tr, np.inf)
+    keep = np.isfinite(d2_tr).any(1)
+    loo = [np.mean(logsumexp(-d2_tr[keep] / (2.0 * vj), axis=1)) - 0.5 * dim * np.log(vj) for vj in v]
+    vs = v[int(np.argmax(loo))]
+    return -(logsumexp(-d2_te / (2.0 * vs), axis=1) - 0.5 * dim * np.log(vs))
+
+
+def bagged_log_m5(a: np.ndarray, b: np.ndarray, seed: int, n_bags: int = 10) -> np.ndarray:
+    """V10: mean over random feature subspaces S of log(m_5(S) / |S|) (see the docstring)."""
+    from sklearn.neighbors import NearestNeighbors  # pylint: disable=import-outside-toplevel
+    d = a.shape[1]
+    if d < 3:
+        return np.log((NearestNeighbors(n_neighbors=5).fit(a).kneighbors(b)[0] ** 2).mean(1) / d)
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(b))
+    for _ in range(n_bags):
+        cols = rng.choice(d, size=int(rng.integers(-(-d // 2), d)), replace=False)
+        dist, _ = NearestNeighbors(n_neighbors=5).fit(a[:, cols]).kneighbors(b[:, cols])
+        out += np.log((dist ** 2).mean(1) / len(cols) + 1e-12)
+    return out / n_bags
+
+
 def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
     """Scores of every variant for test rows b given standardised training rows a."""
     from sklearn.covariance import LedoitWolf  # pylint: disable=import-outside-toplevel
@@ -110,6 +146,8 @@ def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
             "V5": mixture_posterior_time(d2_te, a.shape[1]),
             "V6": (d_w ** 2).mean(1),
             "V7": ref_mean, "V8": ref_mode,
+            "V9": loo_bandwidth_density(d2_tr, d2_te, a.shape[1]),
+            "V10": bagged_log_m5(a, b, seed),
             "KNN": _baseline("KNN", seed).fit(a).decision_function(b)}
 
 
