@@ -217,6 +217,43 @@ def test_dte_nonparametric_matches_reference_estimator():
     np.testing.assert_allclose(own.scores, np.sqrt(m_self / dim), rtol=2e-2)
 
 
+def test_diffused_density_is_the_exact_mixture_nll_and_the_variance_the_loo_optimum():
+    """diffused_density with k = N is -log of 1/N sum_i N(x; x_i, v I) (scipy, float64); the
+    chosen variance maximises the leave-one-out likelihood over the grid (brute force); exact
+    duplicates do not drag it to the smallest grid variance; k < N truncates the mixture."""
+    from scipy.special import logsumexp
+    rng = np.random.default_rng(5)
+    a = (rng.normal(size=(60, 3)) * 0.4).astype(np.float32)
+    b = np.concatenate([rng.normal(size=(6, 3)) * 0.4, rng.normal(size=(4, 3)) * 2.0]).astype(np.float32)
+    v = 0.05
+    want = -np.array([logsumexp(scipy.stats.multivariate_normal.logpdf(a.astype(np.float64), q, v))
+                      for q in b.astype(np.float64)]) + np.log(60)
+    got = np.asarray(scoring.diffused_density(a, b, variance=v, k=60).scores)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert got[6:].min() > got[:6].max()  # the far points are the least likely
+    # Truncation keeps the nearest terms: -log p can only grow, and barely at k = 30.
+    trunc = np.asarray(scoring.diffused_density(a, b, variance=v, k=30).scores)
+    assert np.all(trunc >= got - 1e-4) and np.max(trunc - got) < 0.05
+    # The leave-one-out choice against a brute force over the DTE grid.
+    grid = 1.0 - np.cumprod(1.0 - np.linspace(1e-4, 0.01, 300))
+    d2 = ((a[:, None].astype(np.float64) - a[None]) ** 2).sum(-1) + np.diag(np.full(60, np.inf))
+    loo = [np.mean(logsumexp(-d2 / (2 * g), axis=1)) - 1.5 * np.log(g) for g in grid]
+    chosen = scoring.diffusion_variance(a, k=59)
+    assert grid[0] < chosen < grid[-1]
+    np.testing.assert_allclose(chosen, grid[int(np.argmax(loo))], rtol=1e-5)
+    assert scoring.diffusion_variance(np.concatenate([a, a]), k=59) > grid[0]  # every row twice
+    # Default: the chosen variance, and training rows scored leave-one-out.
+    np.testing.assert_allclose(scoring.diffused_density(a, b, k=59).scores,
+                               scoring.diffused_density(a, b, k=59, variance=chosen).scores)
+    self_scores = np.asarray(scoring.diffused_density(a, a, variance=v, k=59, exclude_self=True).scores)
+    np.testing.assert_allclose(self_scores, -logsumexp(-d2 / (2 * v), axis=1) + np.log(59)
+                               + 1.5 * np.log(2 * np.pi * v), rtol=1e-4)
+    with pytest.raises(ValueError, match="variance"):
+        scoring.diffused_density(a, b, variance=0.0)
+    with pytest.raises(ValueError, match="k"):
+        scoring.diffused_density(a, b, variance=v, k=61)
+
+
 def test_dte_time_loss_labels_and_parametric_readout():
     ve = sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0)
     dim, b, t_max, bins = 4096, 512, 0.8, 7
