@@ -33,6 +33,7 @@ __all__ = [
     "dte_nonparametric",
     "diffused_density",
     "diffusion_variance",
+    "loo_variance",
     "dte_time_loss",
     "dte_parametric",
     "imputation",
@@ -665,7 +666,11 @@ def dte_nonparametric(
     """
     _check_choice(statistic, "statistic", _DTE_STATISTICS + ("distance",))
     _check_choice(target, "target", _DTE_TARGETS)
-    times, var = _variance_grid(sde, num_steps, t_min)  # validated before the distances
+    # The grid is validated before the distances, in x's (canonical) float dtype.
+    dtype = getattr(x, "dtype", None)
+    dtype = (jax.dtypes.canonicalize_dtype(dtype) if dtype is not None
+             and jnp.issubdtype(dtype, jnp.floating) else jnp.float32)
+    times, var = _variance_grid(sde, num_steps, t_min, dtype)
     d2, dim = _neighbour_sq_dists(x_train, x, k, exclude_self=exclude_self, query_batch=query_batch,
                                   train_batch=train_batch, observed_train=observed_train,
                                   observed=observed, missing_distance=missing_distance)
@@ -757,14 +762,25 @@ def diffusion_variance(
     d2, dim = _neighbour_sq_dists(x_train, x_train, k, exclude_self=True, query_batch=query_batch,
                                   train_batch=train_batch, observed_train=observed_train,
                                   observed=observed_train, missing_distance=missing_distance)
-    d2 = np.asarray(d2, np.float64)
+    return loo_variance(d2, var, dim)
+
+
+def loo_variance(d2_loo: Array, variances: Array, dim: int) -> float:
+    """The variance among `variances` maximising the leave-one-out log-likelihood, from each
+    training row's squared distances to its nearest other rows (d2_loo [N, K], its own row
+    excluded) in dimension `dim` (see `diffusion_variance`, which computes the table; this part
+    also serves a precomputed one). Rows at distance 0 (exact duplicates) are left out."""
+    d2 = np.asarray(d2_loo, np.float64)
     d2 = np.where(d2 > 0, d2, np.inf)
     d2 = d2[np.isfinite(d2).any(axis=1)]
     if not len(d2):
         raise ValueError("every training row duplicates its neighbours; no variance can be chosen")
-    v = np.asarray(var, np.float64)
-    m = d2.min(axis=1, keepdims=True)  # log-sum-exp in float64, stable for small v
-    loo = [np.mean(np.log(np.sum(np.exp(-(d2 - m) / (2.0 * vj)), axis=1)) - m[:, 0] / (2.0 * vj))
+    v = np.asarray(variances, np.float64)
+    # log-sum-exp in float64 around each row's nearest distance (stable for small v); the gaps
+    # and the mean shift do not depend on v, so they are computed once for the whole grid.
+    m = d2.min(axis=1, keepdims=True)
+    gap, m_mean = d2 - m, float(m.mean())
+    loo = [np.mean(np.log(np.sum(np.exp(gap * (-0.5 / vj)), axis=1))) - m_mean / (2.0 * vj)
            - 0.5 * dim * np.log(vj) for vj in v]
     return float(v[int(np.argmax(loo))])
 

@@ -321,7 +321,7 @@ class TabularDetector(BaseDetector):
         if "density_np" in self._members():
             ref_v, ref_o = self._reference()
             self.density_variance_ = scoring.diffusion_variance(
-                ref_v, k=self._density_k(len(ref_v) - 1), **self._masks(ref_o, ref_o, train_only=True))
+                ref_v, k=self._density_k(len(ref_v) - 1), **self._masks(ref_o, None, train_only=True))
         self._scorers = {}
         if self.scoring == "ensemble":
             self.normalizers_ = {}

@@ -43,7 +43,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from adiff import metrics
+from adiff import metrics, scoring
 from adiff.data.tabular import load_adbench_npz
 from experiments.benchmarks.tabular import _DATA, _SEEDS, REPO, _baseline, _datasets, split
 
@@ -98,13 +98,9 @@ def loo_bandwidth_density(d2_tr: np.ndarray, d2_te: np.ndarray, dim: int) -> np.
     variance of DTE's schedule that maximises the leave-one-out log-likelihood of the training
     rows (d2_tr [N, K], each row's own distance excluded). Constants shared by all rows dropped."""
     from scipy.special import logsumexp  # pylint: disable=import-outside-toplevel
-    v = _ddpm_variances()
-    # Exact duplicates of a row (distance 0) would drive the leave-one-out optimum to the smallest
-    # variance; they are left out of the choice of v (not of the score).
-    d2_tr = np.where(d2_tr > 0, d2_tr, np.inf)
-    keep = np.isfinite(d2_tr).any(1)
-    loo = [np.mean(logsumexp(-d2_tr[keep] / (2.0 * vj), axis=1)) - 0.5 * dim * np.log(vj) for vj in v]
-    vs = v[int(np.argmax(loo))]
+    # The library's choice (adiff.scoring.loo_variance: exact duplicates, distance 0, are left out
+    # of it, not of the score), applied to this script's float64 neighbour table.
+    vs = scoring.loo_variance(d2_tr, _ddpm_variances(), dim)
     return -(logsumexp(-d2_te / (2.0 * vs), axis=1) - 0.5 * dim * np.log(vs))
 
 
