@@ -16,8 +16,8 @@ train, the other half plus all anomalies test; capped here at --max_train / --ma
 table (a categorical or boolean cell is missing as a whole) at rate p, drawn once per seed on the
 full table, so train and test share one mask mechanism.
 
-(a) AUROC/AUPRC as p grows, adiff (TabularDetector on the DataFrame: NaN -> masks; rows for each
-    `missing_distance` of "dte_np": expected (default), zero, shared) against PyOD
+(a) AUROC/AUPRC as p grows, adiff (TabularDetector on the DataFrame: NaN -> masks; "density_np",
+    the default, and "dte_np" with each `missing_distance`: expected (default), zero, shared) against PyOD
     KNN (k=5, largest) / IForest / ECOD fed with the usual pipeline: mean (numeric) / mode
     (categorical, boolean) imputation fitted on train, one-hot categoricals, StandardScaler.
 (b) Joint anomalies, each part normal alone: normal test rows whose `month` is swapped for a level
@@ -30,7 +30,7 @@ full table, so train and test share one mask mechanism.
     of the two contradicting cells).
 (c) Unsupervised: fit on a stratified sample of the whole contaminated table (anomalies included)
     and score the same rows (`decision_scores_`, leave-one-out for k-NN); adiff robust=False/True
-    (robust_fraction = the true anomaly share) against the same baselines.
+    (robust_fraction = the true anomaly share), density_np and dte_np, against the same baselines.
 
   flock /tmp/adiff_heavy.lock timeout 900 python -m experiments.benchmarks.tabular_mixed \
       --seeds=0,1,2 --out=docs/results/tabular_mixed.md
@@ -158,6 +158,11 @@ class ImputeOneHot:
         return np.concatenate([(self._nums(df) - self.mu) / self.sd, self.onehot.transform(self._cats(df))], 1)
 
 
+# The network-free paradigms, each run by name: "density_np" (the library default since session 19)
+# and "dte_np" (the default before; the missing_distance variants are its).
+_KNN_SCORINGS = ("density_np", "dte_np")
+
+
 def _baselines(seed: int):
     from pyod.models.ecod import ECOD
     from pyod.models.iforest import IForest
@@ -168,10 +173,13 @@ def _baselines(seed: int):
 
 def _adiff_methods(seed: int, contamination: float):
     import adiff
-    methods = {"adiff:dte_np": lambda: adiff.TabularDetector(seed=seed, contamination=contamination)}
+    methods = {name: functools.partial(adiff.TabularDetector, scoring=name, seed=seed,
+                                       contamination=contamination) for name in _KNN_SCORINGS}
+    methods = {f"adiff:{k}": v for k, v in methods.items()}
     for kind in _VARIANTS.value:  # the other k-NN distances with missing entries, for comparison
         methods[f"adiff:dte_np(missing_distance={kind})"] = functools.partial(
-            adiff.TabularDetector, seed=seed, contamination=contamination, missing_distance=kind)
+            adiff.TabularDetector, scoring="dte_np", seed=seed, contamination=contamination,
+            missing_distance=kind)
     if _NET.value:
         methods[f"adiff:{_NET.value}(mask_rate={_MASK_RATE.value:g})"] = lambda: adiff.TabularDetector(
             scoring=_NET.value, seed=seed, contamination=contamination, mask_rate=_MASK_RATE.value,
@@ -187,7 +195,7 @@ def evaluate(train: pd.DataFrame, test: pd.DataFrame, y: np.ndarray, seed: int, 
     """Every method fitted on `train`, scored on `test` (labels y)."""
     rows = {}
     for name, make in _adiff_methods(seed, 0.1).items():
-        if not net and not name.startswith("adiff:dte_np"):
+        if not net and not name.startswith(tuple(f"adiff:{k}" for k in _KNN_SCORINGS)):
             continue
         t = time.perf_counter()
         s = make().fit(train).decision_function(test)
@@ -235,10 +243,11 @@ def unsupervised(df: pd.DataFrame, y: np.ndarray, seed: int):
     data, lab = df.iloc[idx].reset_index(drop=True), y[idx]
     share = float(lab.mean())
     rows = {}
-    for robust in (False, True):
-        t = time.perf_counter()
-        det = adiff.TabularDetector(seed=seed, contamination=share, robust=robust).fit(data)
-        rows[f"adiff:dte_np robust={robust}"] = _score(lab, det.decision_scores_, time.perf_counter() - t)
+    for name in _KNN_SCORINGS:
+        for robust in (False, True):
+            t = time.perf_counter()
+            det = adiff.TabularDetector(scoring=name, seed=seed, contamination=share, robust=robust).fit(data)
+            rows[f"adiff:{name} robust={robust}"] = _score(lab, det.decision_scores_, time.perf_counter() - t)
     pipe = ImputeOneHot().fit(data)
     a = pipe.transform(data)
     for name, make in _baselines(seed).items():
