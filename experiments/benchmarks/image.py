@@ -427,6 +427,21 @@ def _figure(test, best, ae_maps, ae_rec, path: pathlib.Path, seed: int, configur
 # ------------------------------------------------------------------------------------------------
 # MNIST
 # ------------------------------------------------------------------------------------------------
+def cap_mnist_test(test: image_data.ImageSet, digit: int, seed: int, per_class: int) -> image_data.ImageSet:
+    """The MNIST test set with at most `per_class` images of each anomalous digit (random, seeded;
+    every image of the normal `digit` kept); per_class = 0 keeps everything."""
+    if not per_class:
+        return test
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(10):
+        idx = [i for i, k in enumerate(test.kinds) if k == str(c)]
+        if c != digit and len(idx) > per_class:
+            idx = sorted(rng.choice(idx, per_class, replace=False).tolist())
+        keep += idx
+    return test.subset(np.sort(np.asarray(keep)))
+
+
 def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool, on_digit=None):
     """MNIST one-vs-rest rows for `digits`; `on_digit(digit, row)` is called after each digit."""
     del quick
@@ -435,16 +450,7 @@ def run_mnist(digits, seed: int, steps: int, per_class: int, quick: bool, on_dig
     out = {}
     for d in digits:
         split = load_split(cfg, seed=seed, normal_class=d, mnist=mnist)
-        test = split.test
-        if per_class:
-            rng = np.random.default_rng(seed)
-            keep = []
-            for c in range(10):
-                idx = [i for i, k in enumerate(test.kinds) if k == str(c)]
-                if c != d and len(idx) > per_class:
-                    idx = sorted(rng.choice(idx, per_class, replace=False).tolist())
-                keep += idx
-            test = test.subset(np.sort(np.asarray(keep)))
+        test = cap_mnist_test(split.test, d, seed, per_class)
         base = {**dict(cfg.detector), "seed": seed, "train_steps": steps}
         t = time.perf_counter()
         det = ImageDetector(**base).fit(split.train)

@@ -43,17 +43,6 @@ _SHIFTS = flags.DEFINE_integer("shifts", 0, "Augment the training images by tran
 _OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results" / "image_density_np.json"), "JSON output.")
 
 
-def _capped_test(test, d, seed, per_class):
-    rng = np.random.default_rng(seed)  # the same draw as image.run_mnist
-    keep = []
-    for c in range(10):
-        idx = [i for i, k in enumerate(test.kinds) if k == str(c)]
-        if c != d and len(idx) > per_class:
-            idx = sorted(rng.choice(idx, per_class, replace=False).tolist())
-        keep += idx
-    return test.subset(np.sort(np.asarray(keep)))
-
-
 def shifted(images: np.ndarray, r: int) -> np.ndarray:
     """images [N, H, W, ...] and their translations by (dy, dx) in [-r, r]^2, zero fill."""
     if r == 0:
@@ -76,7 +65,7 @@ def main(argv):
     rows = {}
     for d in map(int, _DIGITS.value):
         split = bench.load_split(cfg, seed=_SEED.value, normal_class=d, mnist=mnist)
-        test = _capped_test(split.test, d, _SEED.value, _PER_CLASS.value)
+        test = bench.cap_mnist_test(split.test, d, _SEED.value, _PER_CLASS.value)
         memory = shifted(split.train, _SHIFTS.value)
         a = memory.reshape(len(memory), -1).astype(np.float32) / 255.0
         b = test.images.reshape(len(test.images), -1).astype(np.float32) / 255.0
