@@ -22,8 +22,8 @@ Tables (ADBench, cfg.table.datasets): DESIGN semi-supervised protocol per seed (
 the normal rows trains, capped at cfg.table.max_train; test = the other half + the anomalies);
 cfg.table.num_labelled real anomalies train the class-conditioned generator and leave the test
 set. Downstream models: (a) an MLP classifier (scikit-learn, 64-64, class-balanced by
-repetition) of normal vs synthetic anomalies; (b) the library path, `TabularDetector` (its
-default unsupervised model) + the supervised head, `fit(normal, anomalies=...)`. Synthetic
+repetition) of normal vs synthetic anomalies; (b) the library path, `TabularDetector`
+(scoring "dte_np", its default until session 19) + the supervised head, `fit(normal, anomalies=...)`. Synthetic
 anomalies: uniform noise over the training box +-10% (naive), the few real ones only, adiff's
 class-conditioned samples (with and without `clip_x0`), the unsupervised low-density mode. "none"
 = KNN (PyOD) and TabularDetector on the normal rows alone. Rows with "+ few real" add the
