@@ -166,3 +166,15 @@ def test_select_probe_anomalies_and_rule():
     assert ts.pick(proxy(0.90, 0.85)) == "score_norm"
     assert ts.pick(proxy(0.855, 0.85)) == "dte_np"  # within the margin: the default stays
     assert ts.pick(proxy(0.80, 0.85)) == "dte_np"
+
+
+def test_auroc_scatter_plot_counts_wins_and_writes_a_png(tmp_path):
+    from experiments.benchmarks import tabular_plot
+    seed = lambda a, k: {"adiff:density_np": {"auroc": a}, "KNN": {"auroc": k}}
+    results = {"small": {"info": {"n": 100}, "seeds": [seed(0.9, 0.8), seed(0.8, 0.8)]},
+               "big": {"info": {"n": 50000}, "seeds": [seed(0.6, 0.7)]}}
+    assert tabular_plot.per_set_means(results, "adiff:density_np") == {"small": pytest.approx(0.85), "big": 0.6}
+    tabular_plot.plot(results, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="IForest"):
+        tabular_plot.plot(results, tmp_path / "q.png", reference="IForest")
