@@ -714,7 +714,8 @@ def diffused_density(
     the training rows), so no label or threshold is involved. Measured on ADBench tables
     (docs/results/tabular.md, session 18, 5 seeds): mean AUROC 0.8815 against 0.8781 for DTE-NP's
     posterior mean time on the 27 sets up to 40,000 rows, 0.8616 against 0.8687 on the 7 larger
-    ones (mostly-binary tables, where one noise level fits the discrete directions badly).
+    ones (celeba, 39 binary columns, and campaign, mostly one-hot, lose most; a separate noise
+    level for binary columns does not help, session 19).
 
     Args:
       x_train, x, sde, k, num_steps, t_min, exclude_self, query_batch, train_batch,

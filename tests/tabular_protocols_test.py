@@ -178,3 +178,38 @@ def test_auroc_scatter_plot_counts_wins_and_writes_a_png(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="IForest"):
         tabular_plot.plot(results, tmp_path / "q.png", reference="IForest")
+
+
+def test_two_level_density_equals_v9_without_binary_columns_and_fits_two_levels_with_them():
+    """V11: no binary column -> exactly V9; with binary columns the (v_c, v_b) it picks is a
+    coordinate-wise optimum of the leave-one-out likelihood, at least as likely as one shared level."""
+    from sklearn.neighbors import NearestNeighbors
+    from experiments.benchmarks import tabular_np_variants as nv
+    rng = np.random.default_rng(4)
+
+    def tables(a, b):
+        nn = NearestNeighbors(n_neighbors=20).fit(a)
+        d_te, i_te = nn.kneighbors(b)
+        d_tr, i_tr = nn.kneighbors(a, n_neighbors=21)
+        return i_tr[:, 1:], i_te, d_tr[:, 1:] ** 2, d_te ** 2
+
+    a, b = rng.normal(size=(80, 4)), rng.normal(size=(12, 4))
+    i_tr, i_te, d2_tr, d2_te = tables(a, b)
+    np.testing.assert_array_equal(nv.two_level_density(a, b, i_tr, i_te, d2_tr, d2_te),
+                                  nv.loo_bandwidth_density(d2_tr, d2_te, 4))
+    # two continuous columns of sd 0.3 and three binary columns (+-1): very different scales
+    a = np.c_[rng.normal(size=(120, 2)) * 0.3, rng.choice([-1.0, 1.0], size=(120, 3))]
+    b = np.c_[rng.normal(size=(10, 2)) * 0.3, rng.choice([-1.0, 1.0], size=(10, 3))]
+    i_tr, i_te, d2_tr, d2_te = tables(a, b)
+    s = nv.two_level_density(a, b, i_tr, i_te, d2_tr, d2_te)
+    assert s.shape == (10,) and np.all(np.isfinite(s))
+    tc, tb = (nv._split_sq_dists(a, a, i_tr, c) for c in (np.arange(2), np.arange(2, 5)))
+    grid = nv._ddpm_variances()
+    total = tc + tb
+    tc, tb = np.where(total > 0, tc, np.inf), np.where(total > 0, tb, np.inf)
+    v0 = nv.scoring.loo_variance(d2_tr, grid, 5)
+    vc, vb = nv.two_level_variances(tc, tb, (2, 3), grid, v0)
+    best = nv.two_level_loo(tc, tb, (2, 3), vc, vb)
+    assert best >= nv.two_level_loo(tc, tb, (2, 3), v0, v0) - 1e-9
+    assert best >= max(nv.two_level_loo(tc, tb, (2, 3), g, vb) for g in grid) - 1e-9
+    assert best >= max(nv.two_level_loo(tc, tb, (2, 3), vc, g) for g in grid) - 1e-9

@@ -95,7 +95,7 @@ class TabularDetector(BaseDetector):
         "dte_np" does not (27 sets up to 40,000 rows: 0.8815 against dte_np's 0.8781, the
         DTE-NP reference 0.881 and KNN's 0.8728; ahead on seeds 3-4, which no choice had seen).
         Its cost: on the 7 large sets it trails dte_np (0.8616 against 0.8687; celeba and
-        campaign, mostly binary columns) at about twice the time. Every paradigm on every set:
+        campaign: binary / one-hot columns) at about twice the time. Every paradigm on every set:
         docs/results/tabular_paradigms_all.md. For training data that holds anomalies, prefer
         scoring="dte_np" with robust=True (docs/results/tabular_unsupervised.md, 34 sets: 0.790
         against density_np's 0.770 with robust=True and 0.655 without).
