@@ -203,10 +203,8 @@ def test_two_level_density_equals_v9_without_binary_columns_and_fits_two_levels_
     i_tr, i_te, d2_tr, d2_te = tables(a, b)
     s = nv.two_level_density(a, b, i_tr, i_te, d2_tr, d2_te)
     assert s.shape == (10,) and np.all(np.isfinite(s))
-    tc, tb = (nv._split_sq_dists(a, a, i_tr, c) for c in (np.arange(2), np.arange(2, 5)))
+    tc, tb = nv.two_level_tables(a, i_tr, np.arange(2), np.arange(2, 5))
     grid = nv._ddpm_variances()
-    total = tc + tb
-    tc, tb = np.where(total > 0, tc, np.inf), np.where(total > 0, tb, np.inf)
     v0 = nv.scoring.loo_variance(d2_tr, grid, 5)
     vc, vb = nv.two_level_variances(tc, tb, (2, 3), grid, v0)
     best = nv.two_level_loo(tc, tb, (2, 3), vc, vb)

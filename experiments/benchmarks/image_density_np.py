@@ -30,9 +30,9 @@ import numpy as np
 from absl import app, flags
 
 from adiff import metrics, scoring
+from adiff.data import image as image_data
 from experiments.benchmarks import image as bench
 from experiments.configs import image_mnist
-from adiff.data import image as image_data
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _DIGITS = flags.DEFINE_list("digits", [str(d) for d in range(10)], "Normal digits.")

@@ -34,8 +34,8 @@ statistic, does not), under the same random protocol and standardisation as tabu
   over the 50 nearest rows (full distance), (v_c, v_b) chosen on V9's grid by coordinate ascent
   of the same leave-one-out likelihood, starting at V9's v. Equal to V9 on a set without binary
   columns (or with only binary ones). Motivation: density_np, the default since session 19, loses
-  on celeba and campaign, mostly one-hot / binary tables where one noise level fits the discrete
-  and the continuous directions badly. Rule, written before its first run (informational: no
+  on celeba and campaign, mostly one-hot / binary tables, where one noise level might fit the
+  discrete and the continuous directions badly (refuted by the run: docs/results/tabular.md). Rule, written before its first run (informational: no
   adoption in session 19, which had no time to rerun the four tables): build it into density_np
   next iff with seeds 0-2 (1) on the sets that have binary columns its mean AUROC is above V9's,
   (2) its 34-set mean is above V9's and (3) its mean over the 7 sets over 40,000 rows is at least
@@ -47,6 +47,7 @@ statistic, does not), under the same random protocol and standardisation as tabu
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
@@ -147,6 +148,16 @@ def two_level_variances(tc, tb, dims, grid, start: float, rounds: int = 4) -> tu
     return float(vc), float(vb)
 
 
+def two_level_tables(a: np.ndarray, i_tr: np.ndarray, cc: np.ndarray, cb: np.ndarray) -> tuple:
+    """(tc, tb): each training row's squared distances to its neighbours a[i_tr] over the columns
+    cc and cb, a pair at total distance 0 (an exact duplicate) set to inf and rows whose every
+    neighbour is a duplicate dropped, as `scoring.loo_variance` does for one level."""
+    parts = [_split_sq_dists(a, a, i_tr, c) for c in (cc, cb)]
+    total = parts[0] + parts[1]
+    keep = (total > 0).any(1)
+    return tuple(np.where(total > 0, p, np.inf)[keep] for p in parts)
+
+
 def two_level_density(a, b, i_tr, i_te, d2_tr, d2_te) -> np.ndarray:
     """V11 (see the docstring): two noise levels, binary and other columns, each chosen by the
     leave-one-out likelihood of the training rows on V9's grid (coordinate ascent from V9's v)."""
@@ -156,10 +167,7 @@ def two_level_density(a, b, i_tr, i_te, d2_tr, d2_te) -> np.ndarray:
         return loo_bandwidth_density(d2_tr, d2_te, a.shape[1])
     cb, cc = np.flatnonzero(binary), np.flatnonzero(~binary)
     grid = _ddpm_variances()
-    parts_tr = [_split_sq_dists(a, a, i_tr, c) for c in (cc, cb)]
-    total = parts_tr[0] + parts_tr[1]
-    keep = (total > 0).any(1)  # rows whose every neighbour is a duplicate tell nothing
-    tc, tb = (np.where(total > 0, p, np.inf)[keep] for p in parts_tr)
+    tc, tb = two_level_tables(a, i_tr, cc, cb)
     dims = (len(cc), len(cb))
     vc, vb = two_level_variances(tc, tb, dims, grid, scoring.loo_variance(d2_tr, grid, a.shape[1]))
     pc, pb = (_split_sq_dists(a, b, i_te, c) for c in (cc, cb))
@@ -182,8 +190,9 @@ def bagged_log_m5(a: np.ndarray, b: np.ndarray, seed: int, n_bags: int = 10) -> 
     return out / n_bags
 
 
-def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
-    """Scores of every variant for test rows b given standardised training rows a."""
+def variant_scores(a: np.ndarray, b: np.ndarray, seed: int, variants=VARIANTS) -> dict:
+    """Scores of the `variants` (always with V0 and KNN, the summary's references) for test rows b
+    given standardised training rows a."""
     from sklearn.covariance import LedoitWolf  # pylint: disable=import-outside-toplevel
     from sklearn.neighbors import NearestNeighbors  # pylint: disable=import-outside-toplevel
     k_max = min(50, len(a) - 1)
@@ -193,7 +202,7 @@ def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
     d2_te, d2_tr = d_te ** 2, d_tr[:, 1:] ** 2  # training rows: leave-one-out
     m = lambda d2, k: d2[:, :k].mean(1)
     log_m = lambda d2, k: np.log(m(d2, k) + 1e-12)
-    want = set(_ONLY.value) | {"V0", "KNN"}
+    want = set(variants) | {"V0", "KNN"}
     unknown = want - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {VARIANTS}")
@@ -204,8 +213,9 @@ def variant_scores(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
         d_w, _ = NearestNeighbors(n_neighbors=5).fit(a @ white).kneighbors(b @ white)
         return (d_w ** 2).mean(1)
 
-    reference = lambda: reference_dte_time((d2_te[:, :5].astype(np.float32)).mean(1), a.shape[1])
-    neighbour_mean = lambda: log_m(d2_tr, 5)[i_te[:, :5]].mean(1)
+    # shared by two variants each (V7 / V8, V3 / V4): computed once, when first asked for
+    reference = functools.cache(lambda: reference_dte_time((d2_te[:, :5].astype(np.float32)).mean(1), a.shape[1]))
+    neighbour_mean = functools.cache(lambda: log_m(d2_tr, 5)[i_te[:, :5]].mean(1))
     make = {"V0": lambda: m(d2_te, 5), "V1": lambda: m(d2_te, 3),
             "V2": lambda: np.mean([log_m(d2_te, k) for k in (3, 5, 10)], 0),
             "V3": lambda: log_m(d2_te, 5) - neighbour_mean(),
@@ -252,7 +262,7 @@ def main(argv):
             x_tr, x_te, y_te = split("random", x, y, seed=seed)
             mu, sd = x_tr.mean(0), x_tr.std(0)
             sd[sd == 0] = 1.0
-            scores = variant_scores((x_tr - mu) / sd, (x_te - mu) / sd, seed)
+            scores = variant_scores((x_tr - mu) / sd, (x_te - mu) / sd, seed, _ONLY.value)
             row = {v: metrics.auroc(y_te, s) for v, s in scores.items()}
             res[path.parent.name].append(row)
             print(path.parent.name, seed, " ".join(f"{v} {a:.3f}" for v, a in row.items()),

@@ -54,7 +54,8 @@ def plot(results: dict, path: pathlib.Path, reference: str = "KNN") -> None:
         names = [n for n in ours if n in ref]
         large = np.array([results[n]["info"]["n"] > LARGE_ROWS for n in names])
         x, y = np.array([ref[n] for n in names]), np.array([ours[n] for n in names])
-        ax.plot([0.4, 1.0], [0.4, 1.0], color="0.6", lw=1)
+        lo = min(x.min(), y.min()) - 0.02
+        ax.plot([lo, 1.0], [lo, 1.0], color="0.6", lw=1)
         ax.scatter(x[~large], y[~large], s=18, label="<= 40,000 rows")
         ax.scatter(x[large], y[large], s=26, marker="s", label="> 40,000 rows")
         for n, a, b in zip(names, x, y):
@@ -64,7 +65,6 @@ def plot(results: dict, path: pathlib.Path, reference: str = "KNN") -> None:
         ax.set_title(f"{m}: {wins} wins / {losses} losses vs {reference}", fontsize=9)
         ax.set_xlabel(f"{reference} AUROC (mean over seeds)")
         ax.set_ylabel("adiff AUROC")
-        lo = min(x.min(), y.min()) - 0.02
         ax.set_xlim(lo, 1.005)
         ax.set_ylim(lo, 1.005)
         ax.legend(fontsize=7, loc="lower right")
