@@ -409,8 +409,10 @@ def score_norm(
 # ------------------------------------------------------------------------------------------------
 # diffusion-time estimation (DTE)
 # ------------------------------------------------------------------------------------------------
-def _knn_sq_dists(x_train: Array, x: Array, k: int, *, query_batch: int, train_batch: int) -> Array:
-    """Squared Euclidean distances [B, k] to the k nearest rows of x_train, ascending.
+def _knn_sq_dists(x_train: Array, x: Array, k: int, *, query_batch: int, train_batch: int,
+                  return_indices: bool = False):
+    """Squared Euclidean distances [B, k] to the k nearest rows of x_train, ascending (and, with
+    return_indices, the rows' indices [B, k] into x_train).
 
     Query rows are processed in blocks of `query_batch` (lax.map) and training rows in blocks of
     `train_batch` (lax.scan with a running top-k), so working memory is query_batch * (train_batch
@@ -423,22 +425,28 @@ def _knn_sq_dists(x_train: Array, x: Array, k: int, *, query_batch: int, train_b
     xq = jnp.pad(x, ((0, nq * bq - b), (0, 0))).reshape(nq, bq, d)
     xt = jnp.pad(x_train, ((0, nt * bt - n), (0, 0))).reshape(nt, bt, d)
     valid = (jnp.arange(nt * bt) < n).reshape(nt, bt)
+    rows = jnp.arange(nt * bt, dtype=jnp.int32).reshape(nt, bt)
     hi = jax.lax.Precision.HIGHEST  # no bf16/tf32 matmul: the distances decide the score
 
     def per_query_block(q):
         qq = jnp.sum(q * q, axis=-1, keepdims=True)
 
         def body(best, chunk):
-            c, ok = chunk
+            c, ok, r = chunk
             d2 = qq - 2.0 * jnp.matmul(q, c.T, precision=hi) + jnp.sum(c * c, axis=-1)[None]
             d2 = jnp.where(ok[None], jnp.maximum(d2, 0.0), jnp.inf)
-            neg, _ = jax.lax.top_k(-jnp.concatenate([best, d2], axis=-1), k)
-            return -neg, None
+            neg, pos = jax.lax.top_k(-jnp.concatenate([best[0], d2], axis=-1), k)
+            idx = jnp.take_along_axis(
+                jnp.concatenate([best[1], jnp.broadcast_to(r[None], d2.shape)], axis=-1), pos, axis=-1)
+            return (-neg, idx), None
 
-        best, _ = jax.lax.scan(body, jnp.full((bq, k), jnp.inf, x.dtype), (xt, valid))
+        init = (jnp.full((bq, k), jnp.inf, x.dtype), jnp.zeros((bq, k), jnp.int32))
+        best, _ = jax.lax.scan(body, init, (xt, valid, rows))
         return best
 
-    return jax.lax.map(per_query_block, xq).reshape(nq * bq, k)[:b]
+    d2, idx = jax.lax.map(per_query_block, xq)
+    d2, idx = d2.reshape(nq * bq, k)[:b], idx.reshape(nq * bq, k)[:b]
+    return (d2, idx) if return_indices else d2
 
 
 def _knn_masked_sq_dists(x_train: Array, obs_train: Array, x: Array, obs: Array, k: int, *,
@@ -517,10 +525,11 @@ def _all_observed(observed: Any) -> bool:
 
 def _neighbour_sq_dists(x_train: Array, x: Array, k: int, *, exclude_self: bool, query_batch: int,
                         train_batch: int, observed_train: Array | None, observed: Array | None,
-                        missing_distance: str) -> tuple[Array, int]:
+                        missing_distance: str, return_indices: bool = False):
     """Validated inputs -> (squared distances [B, k] to the k nearest rows of x_train, ascending,
-    the query's own row dropped with exclude_self; the flat dimension D). The masked distances
-    and their fallback are described in `dte_nonparametric`, whose arguments these are."""
+    the query's own row dropped with exclude_self; the flat dimension D), and with return_indices
+    (complete data only) the rows' indices [B, k] before D. The masked distances and their
+    fallback are described in `dte_nonparametric`, whose arguments these are."""
     if observed_train is not None:
         observed_train = _check_observed(observed_train, x_train, "observed_train")
     if observed is not None:
@@ -544,6 +553,15 @@ def _neighbour_sq_dists(x_train: Array, x: Array, k: int, *, exclude_self: bool,
             f"points {x_train.shape[0]}; got {k_used}")
     flat_train = x_train.reshape(x_train.shape[0], -1)
     flat_x = x.reshape(x.shape[0], -1)
+    if return_indices and masked:
+        raise ValueError("neighbour indices (the posterior mean maps) need complete data; got "
+                         "missing entries")
+    if return_indices:
+        d2, idx = _knn_sq_dists(flat_train, flat_x, k_used, query_batch=query_batch,
+                                train_batch=train_batch, return_indices=True)
+        if exclude_self:
+            d2, idx = d2[:, 1:], idx[:, 1:]
+        return d2, idx, math.prod(x.shape[1:])
     if not masked:
         d2 = _knn_sq_dists(flat_train, flat_x, k_used, query_batch=query_batch,
                            train_batch=train_batch)
@@ -702,6 +720,9 @@ def diffused_density(
     observed_train: Array | None = None,
     observed: Array | None = None,
     missing_distance: str = "expected",
+    maps: bool = False,
+    groups_train: Array | None = None,
+    groups: Array | None = None,
 ) -> AnomalyScores:
     """The density paradigm without a network: -log p_v(x) of the diffused empirical distribution.
 
@@ -722,9 +743,17 @@ def diffused_density(
       observed_train, observed, missing_distance: as in `dte_nonparametric` (the grid only
         matters when `variance` is None).
       variance: the noise variance v > 0; None chooses it with `diffusion_variance`.
+      maps: also return per-entry maps (x - E[x_0 | x_v = x])^2 [B, ...], the squared distance to
+        the posterior mean of the clean row under p_v (Tweedie: E[x_0 | x] = x + v grad log p_v(x),
+        so the map is v^2 times the squared score, entry by entry), the weights softmax(-d^2 / 2v)
+        taken over the same k nearest rows. Complete data only (no `observed` masks).
+      groups_train, groups: optional integer group labels [N] of the training rows and [B] of
+        the queries (both or neither; complete data only): a query's mixture leaves out every
+        training row of its own group (leave-group-out, e.g. a training image and its shifted
+        copies when the queries are the training images; a finer `exclude_self`).
 
     Returns:
-      AnomalyScores with scores [B] (nats, constants included) and maps None.
+      AnomalyScores with scores [B] (nats, constants included) and maps [B, ...] or None.
     """
     if variance is None:
         variance = diffusion_variance(x_train, sde=sde, k=k, num_steps=num_steps, t_min=t_min,
@@ -735,12 +764,49 @@ def diffused_density(
     if not (math.isfinite(variance) and variance > 0.0):
         raise ValueError(f"variance must be a finite number > 0; got {variance!r}")
     n = int(np.shape(x_train)[0]) - (1 if exclude_self else 0)
-    d2, dim = _neighbour_sq_dists(x_train, x, k, exclude_self=exclude_self, query_batch=query_batch,
-                                  train_batch=train_batch, observed_train=observed_train,
-                                  observed=observed, missing_distance=missing_distance)
-    log_p = (jax.nn.logsumexp(-0.5 * d2 / variance, axis=-1) - math.log(n)
+    if (groups_train is None) != (groups is None):
+        raise ValueError("pass both groups_train and groups, or neither")
+    extra = 0
+    if groups is not None:
+        if exclude_self:
+            raise ValueError("groups already leave the query's own rows out; drop exclude_self")
+        g_tr, g_q = np.asarray(groups_train).reshape(-1), np.asarray(groups).reshape(-1)
+        if len(g_tr) != np.shape(x_train)[0] or len(g_q) != np.shape(x)[0]:
+            raise ValueError(f"groups_train must have one label per training row and groups one per "
+                             f"query; got {len(g_tr)} for {np.shape(x_train)[0]} and {len(g_q)} for "
+                             f"{np.shape(x)[0]}")
+        labels, counts = np.unique(g_tr, return_counts=True)
+        own = np.zeros(len(g_q), np.int64)
+        hit = np.isin(g_q, labels)
+        own[hit] = counts[np.searchsorted(labels, g_q[hit])]
+        extra = int(own.max())
+        if k + extra > np.shape(x_train)[0]:
+            raise ValueError(f"k + the largest group ({k} + {extra}) must be <= the number of "
+                             f"training rows {np.shape(x_train)[0]}")
+        n = jnp.asarray(np.shape(x_train)[0] - own, jnp.float32)
+    out = _neighbour_sq_dists(x_train, x, k + extra, exclude_self=exclude_self,
+                              query_batch=query_batch, train_batch=train_batch,
+                              observed_train=observed_train, observed=observed,
+                              missing_distance=missing_distance,
+                              return_indices=maps or groups is not None)
+    d2, dim = out[0], out[-1]
+    if groups is not None:  # drop the query's own group, keep the k nearest others
+        same = jnp.asarray(g_tr)[out[1]] == jnp.asarray(g_q)[:, None]
+        order = jnp.argsort(jnp.where(same, jnp.inf, d2), axis=-1)[:, :k]
+        d2 = jnp.take_along_axis(d2, order, axis=-1)
+        out = (d2, jnp.take_along_axis(out[1], order, axis=-1), dim)
+    log_p = (jax.nn.logsumexp(-0.5 * d2 / variance, axis=-1) - jnp.log(n)
              - 0.5 * dim * math.log(2.0 * math.pi * variance))
-    return AnomalyScores(scores=-log_p, maps=None)
+    if not maps:
+        return AnomalyScores(scores=-log_p, maps=None)
+    w = jax.nn.softmax(-0.5 * d2 / variance, axis=-1)  # [B, k] posterior weights of the rows
+    flat_train = jnp.asarray(x_train).reshape(np.shape(x_train)[0], -1)
+    flat_x = jnp.asarray(x).reshape(np.shape(x)[0], -1)
+    step = max(1, min(int(query_batch), 256))  # gathers [step, k, D] at a time
+    sq = [jnp.square(flat_x[i:i + step] - jnp.einsum(
+        "bk,bkd->bd", w[i:i + step], flat_train[out[1][i:i + step]], precision=jax.lax.Precision.HIGHEST))
+          for i in range(0, flat_x.shape[0], step)]
+    return AnomalyScores(scores=-log_p, maps=jnp.concatenate(sq).reshape(np.shape(x)))
 
 
 def diffusion_variance(

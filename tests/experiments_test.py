@@ -125,6 +125,18 @@ def test_image_evaluate_then_score(tmp_path, shared_data):
 
 
 @pytest.mark.data
+def test_image_mnist_density_np_config_evaluates(tmp_path, shared_data):
+    """The MNIST best configuration (no network) through the launcher: digit 1 against the rest."""
+    from experiments.configs import image_mnist_density_np
+    cfg = image_mnist_density_np.get_config()
+    cfg.normal_class, cfg.baselines = 1, ("KNN",)
+    wd = tmp_path / "mnist"
+    _launch("evaluate", cfg, wd)
+    row = _check_outputs(wd, [cfg.seed])["seeds"]["0"]
+    assert row["adiff"]["image_auroc"] > 0.98 and row["KNN"]["image_auroc"] > 0.98
+
+
+@pytest.mark.data
 def test_multimodal_evaluate_then_score(tmp_path, shared_data):
     cfg = _tiny("multimodal_tiny", encoder_steps=20, diffusion_steps=20, gate_steps=10,
                 num_blocks=1)

@@ -302,3 +302,52 @@ def test_autoencoder_shapes_and_validation():
         ae.apply(p, jnp.ones((1, 6, 8, 2)))
     with pytest.raises(ValueError, match="out_channels"):
         ae.apply(p, jnp.ones((1, 8, 8, 1)))
+
+
+def test_density_np_is_the_diffused_density_of_the_shifted_blurred_memory(gray, tmp_path):
+    """scoring="density_np" (no network): the score is scoring.diffused_density of the blurred,
+    shift-augmented training images; training images are scored without themselves and their
+    shifts; the blob is ranked high and localised; it round-trips; and the two kinds of fitted
+    state refuse each other's scorings."""
+    from adiff import scoring
+    from adiff.detectors.image import blur_images, shift_augment
+    net_det, train, test, labels, masks = gray
+    det = ImageDetector(scoring="density_np", image_score="native", np_k=20, np_shifts=1,
+                        np_blur=0.5, map_sigma=1.0).fit(train)
+    assert "unet" not in det.model_ and det.model_["memory"].shape == (96, 16, 16, 1)
+    mem = blur_images(shift_augment(train.astype(np.float32) / 255.0, 1), 0.5).reshape(9 * 96, -1)
+    q = blur_images(test, 0.5).reshape(len(test), -1)
+    v = scoring.diffusion_variance(mem, k=20)
+    ref = np.asarray(scoring.diffused_density(mem, q, variance=v, k=20).scores)
+    res = det.analyze(test)
+    np.testing.assert_allclose(res.scores, ref, rtol=1e-5, atol=1e-3)
+    assert metrics.auroc(labels, res.scores) > 0.9
+    assert metrics.auroc(masks[16:].ravel(), res.maps[16:].ravel()) > 0.9
+    # Leave-group-out training scores: scored against the memory that holds them, the training
+    # images would all sit far below the held-out normal images.
+    g = dict(groups_train=np.arange(9 * 96) % 96, groups=np.arange(96))
+    mem_tr = blur_images(train.astype(np.float32) / 255.0, 0.5).reshape(96, -1)
+    loo = np.asarray(scoring.diffused_density(mem, mem_tr, variance=v, k=20, **g).scores)
+    np.testing.assert_allclose(det.decision_scores_, loo, rtol=1e-5, atol=1e-3)
+    inside = np.asarray(scoring.diffused_density(mem, mem_tr, variance=v, k=20).scores)
+    assert np.median(inside) < np.median(det.decision_scores_) - 50
+    # ... so the contamination threshold holds on fresh normal images (10% expected).
+    fresh = _texture(np.random.default_rng(1), 200)
+    assert 0.03 < np.mean(det.decision_function(fresh) > det.threshold_) < 0.25
+    det.save(tmp_path / "np")
+    np.testing.assert_array_equal(base_lib.load(tmp_path / "np").decision_function(test), res.scores)
+    with pytest.raises(ValueError, match="network scoring"):
+        det.set_params(scoring="denoise").decision_function(test)
+    with pytest.raises(ValueError, match="scoring='density_np'"):
+        ImageDetector(scoring="density_np").fit(train, anomalies=test[16:])
+    before = net_det.get_params()["scoring"]
+    net_det.set_params(scoring="density_np")
+    try:
+        with pytest.raises(ValueError, match="keeps the training images"):
+            net_det.decision_function(test)
+    finally:
+        net_det.set_params(scoring=before)
+    with pytest.raises(ValueError, match="np_shifts"):
+        ImageDetector(scoring="density_np", np_shifts=-1).fit(train)
+    with pytest.raises(ValueError, match="np_k"):
+        ImageDetector(scoring="density_np", np_k=10_000).fit(train)

@@ -254,6 +254,44 @@ def test_diffused_density_is_the_exact_mixture_nll_and_the_variance_the_loo_opti
         scoring.diffused_density(a, b, variance=v, k=61)
 
 
+def test_diffused_density_maps_are_the_tweedie_error_and_groups_leave_out_their_rows():
+    """maps=True: (x - E[x_0 | x_v = x])^2 per entry with the posterior weights of the mixture
+    (brute force; blocked queries and training rows, [B, ...] shapes kept); groups leave a query's
+    whole group out of its mixture (brute force), singleton groups are exclude_self."""
+    from scipy.special import logsumexp, softmax
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(90, 2, 3)).astype(np.float32)
+    b = rng.normal(size=(11, 2, 3)).astype(np.float32)
+    v = 0.7
+    fa, fb = a.reshape(90, -1).astype(np.float64), b.reshape(11, -1).astype(np.float64)
+    d2 = ((fb[:, None] - fa[None]) ** 2).sum(-1)
+    res = scoring.diffused_density(a, b, variance=v, k=90, maps=True, query_batch=4, train_batch=16)
+    post = softmax(-d2 / (2 * v), axis=1) @ fa
+    assert res.maps.shape == b.shape
+    np.testing.assert_allclose(np.asarray(res.maps).reshape(11, -1), (fb - post) ** 2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res.scores, scoring.diffused_density(a, b, variance=v, k=90).scores, rtol=1e-6)
+    # Groups: rows of a's group g are left out of the query with label g.
+    g_tr, g_q = np.arange(90) % 30, np.arange(11) * 2
+    got = scoring.diffused_density(a, b, variance=v, k=80, maps=True, groups_train=g_tr, groups=g_q)
+    keep = g_tr[None] != g_q[:, None]
+    lse = np.array([logsumexp(-d2[i][keep[i]] / (2 * v)) for i in range(11)])
+    want = -lse + np.log(87) + 3 * np.log(2 * np.pi * v)
+    np.testing.assert_allclose(got.scores, want, rtol=1e-4)
+    w = np.where(keep, np.exp(-(d2 - d2.min(1, keepdims=True)) / (2 * v)), 0.0)
+    post = (w / w.sum(1, keepdims=True)) @ fa
+    np.testing.assert_allclose(np.asarray(got.maps).reshape(11, -1), (fb - post) ** 2, rtol=1e-4, atol=1e-5)
+    ones = scoring.diffused_density(a, a[:7], variance=v, k=20, groups_train=np.arange(90), groups=np.arange(7))
+    np.testing.assert_allclose(ones.scores, scoring.diffused_density(a, a[:7], variance=v, k=20,
+                                                                     exclude_self=True).scores, rtol=1e-6)
+    with pytest.raises(ValueError, match="both"):
+        scoring.diffused_density(a, b, variance=v, groups_train=g_tr)
+    with pytest.raises(ValueError, match="exclude_self"):
+        scoring.diffused_density(a, b, variance=v, groups_train=g_tr, groups=g_q, exclude_self=True)
+    with pytest.raises(ValueError, match="complete data"):
+        scoring.diffused_density(a, b, variance=v, maps=True,
+                                 observed=np.where(np.arange(b.size).reshape(b.shape) == 0, 0, 1))
+
+
 def test_dte_time_loss_labels_and_parametric_readout():
     ve = sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0)
     dim, b, t_max, bins = 4096, 512, 0.8, 7
