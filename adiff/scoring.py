@@ -736,7 +736,9 @@ def diffused_density(
     (docs/results/tabular.md, session 18, 5 seeds): mean AUROC 0.8815 against 0.8781 for DTE-NP's
     posterior mean time on the 27 sets up to 40,000 rows, 0.8616 against 0.8687 on the 7 larger
     ones (celeba, 39 binary columns, and campaign, mostly one-hot, lose most; a separate noise
-    level for binary columns does not help, session 19).
+    level for binary columns does not help, session 19). On MNIST pixels with 1-pixel shifts in the memory
+    and a 0.5 px blur (`ImageDetector(scoring="density_np")`, docs/results/image.md, session 20):
+    0.965 mean one-vs-rest AUROC against 0.956 for KNN.
 
     Args:
       x_train, x, sde, k, num_steps, t_min, exclude_self, query_batch, train_batch,

@@ -304,7 +304,7 @@ def test_autoencoder_shapes_and_validation():
         ae.apply(p, jnp.ones((1, 8, 8, 1)))
 
 
-def test_density_np_is_the_diffused_density_of_the_shifted_blurred_memory(gray, tmp_path):
+def test_density_np_is_the_diffused_density_of_the_shifted_blurred_memory(gray, tmp_path, monkeypatch):
     """scoring="density_np" (no network): the score is scoring.diffused_density of the blurred,
     shift-augmented training images; training images are scored without themselves and their
     shifts; the blob is ranked high and localised; it round-trips; and the two kinds of fitted
@@ -351,3 +351,7 @@ def test_density_np_is_the_diffused_density_of_the_shifted_blurred_memory(gray, 
         ImageDetector(scoring="density_np", np_shifts=-1).fit(train)
     with pytest.raises(ValueError, match="np_k"):
         ImageDetector(scoring="density_np", np_k=10_000).fit(train)
+    import adiff.detectors.image as image_lib
+    monkeypatch.setattr(image_lib, "_NP_MEMORY_LIMIT", 9 * train[:, :, :, :1].size * 4 - 1)
+    with pytest.raises(ValueError, match="lower image_size or np_shifts"):
+        ImageDetector(scoring="density_np", np_k=20).fit(train)

@@ -88,6 +88,7 @@ SOLVERS = ("ddim", "dpm_solver_pp", "reverse_diffusion", "euler_maruyama", "pc")
 IMAGE_SCORES = ("max", "topk", "mean", "native")
 DISTANCES = ("squared", "absolute")
 _DETERMINISTIC = ("ddim", "dpm_solver_pp")
+_NP_MEMORY_LIMIT = 4 * 2**30  # bytes of the shift-augmented density_np memory (float32)
 _FIT_PARAMS = ("image_size", "base_channels", "channel_mults", "num_res_blocks",
                "attention_resolutions", "groups", "noise", "noise_frequency", "noise_octaves",
                "noise_persistence", "latent", "ae_features", "latent_channels")
@@ -707,7 +708,14 @@ class ImageDetector(BaseDetector):
         if cache is None:
             cache = self._cache = {}
         if key_c not in cache:
-            mem = blur_images(shift_augment(np.asarray(self.model_["memory"]), shifts), blur)
+            base = np.asarray(self.model_["memory"])
+            nbytes = base.nbytes * (2 * shifts + 1) ** 2
+            if nbytes > _NP_MEMORY_LIMIT:
+                raise ValueError(
+                    f"the density_np memory would take {nbytes / 2**30:.1f} GiB ({len(base)} images x "
+                    f"{(2 * shifts + 1) ** 2} shifts at {base.shape[1:]}); lower image_size or "
+                    f"np_shifts, or fit on fewer images (limit {_NP_MEMORY_LIMIT / 2**30:.0f} GiB)")
+            mem = blur_images(shift_augment(base, shifts), blur)
             if k > len(mem):
                 raise ValueError(f"np_k={k} exceeds the density_np memory ({len(mem)} images)")
             mem = jnp.asarray(mem.reshape(len(mem), -1))
