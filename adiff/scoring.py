@@ -68,10 +68,13 @@ class AnomalyScores:
       scores: [B] one score per sample; higher means more anomalous.
       maps: [B, ...] per-element anomaly maps with the shape of x, or None where a scorer has no
         meaningful per-element attribution.
+      estimates: [B, ...] the scorer's estimate of the clean sample behind each map, where it has
+        one (`diffused_density(maps=True)`: the posterior mean E[x_0 | x]); else None.
     """
 
     scores: Array  # [B]
     maps: Array | None = None  # [B, ...] (shape of x) or None
+    estimates: Array | None = None  # [B, ...] (shape of x) or None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -755,7 +758,8 @@ def diffused_density(
         copies when the queries are the training images; a finer `exclude_self`).
 
     Returns:
-      AnomalyScores with scores [B] (nats, constants included) and maps [B, ...] or None.
+      AnomalyScores with scores [B] (nats, constants included), and with maps=True the maps
+      [B, ...] and the posterior means as `estimates` [B, ...] (else both None).
     """
     if variance is None:
         variance = diffusion_variance(x_train, sde=sde, k=k, num_steps=num_steps, t_min=t_min,
@@ -805,10 +809,11 @@ def diffused_density(
     flat_train = jnp.asarray(x_train).reshape(np.shape(x_train)[0], -1)
     flat_x = jnp.asarray(x).reshape(np.shape(x)[0], -1)
     step = max(1, min(int(query_batch), 256))  # gathers [step, k, D] at a time
-    sq = [jnp.square(flat_x[i:i + step] - jnp.einsum(
-        "bk,bkd->bd", w[i:i + step], flat_train[out[1][i:i + step]], precision=jax.lax.Precision.HIGHEST))
-          for i in range(0, flat_x.shape[0], step)]
-    return AnomalyScores(scores=-log_p, maps=jnp.concatenate(sq).reshape(np.shape(x)))
+    post = jnp.concatenate([jnp.einsum("bk,bkd->bd", w[i:i + step], flat_train[out[1][i:i + step]],
+                                       precision=jax.lax.Precision.HIGHEST)
+                            for i in range(0, flat_x.shape[0], step)])
+    return AnomalyScores(scores=-log_p, maps=jnp.square(flat_x - post).reshape(np.shape(x)),
+                         estimates=post.reshape(np.shape(x)))
 
 
 def diffusion_variance(

@@ -321,6 +321,9 @@ def test_density_np_is_the_diffused_density_of_the_shifted_blurred_memory(gray, 
     ref = np.asarray(scoring.diffused_density(mem, q, variance=v, k=20).scores)
     res = det.analyze(test)
     np.testing.assert_allclose(res.scores, ref, rtol=1e-5, atol=1e-3)
+    # The reconstruction is the posterior mean of the (blurred, shifted) memory.
+    post = scoring.diffused_density(mem, q, variance=v, k=20, maps=True).estimates
+    np.testing.assert_allclose(res.reconstructions, np.clip(np.asarray(post), 0, 1).reshape(test.shape), atol=1e-5)
     assert metrics.auroc(labels, res.scores) > 0.9
     assert metrics.auroc(masks[16:].ravel(), res.maps[16:].ravel()) > 0.9
     # Leave-group-out training scores: scored against the memory that holds them, the training

@@ -269,6 +269,8 @@ def test_diffused_density_maps_are_the_tweedie_error_and_groups_leave_out_their_
     post = softmax(-d2 / (2 * v), axis=1) @ fa
     assert res.maps.shape == b.shape
     np.testing.assert_allclose(np.asarray(res.maps).reshape(11, -1), (fb - post) ** 2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(res.estimates).reshape(11, -1), post, rtol=1e-4, atol=1e-5)
+    assert scoring.diffused_density(a, b, variance=v, k=90).estimates is None
     np.testing.assert_allclose(res.scores, scoring.diffused_density(a, b, variance=v, k=90).scores, rtol=1e-6)
     # Groups: rows of a's group g are left out of the query with label g.
     g_tr, g_q = np.arange(90) % 30, np.arange(11) * 2

@@ -46,7 +46,7 @@ Density-style scorers (no reconstruction, hence no identity shortcut to remedy):
   memory holds every training image and its translations by up to `np_shifts` pixels (zero
   fill), and memory and queries are blurred by `np_blur` pixels first. The map is each pixel's
   squared distance to the posterior mean of the clean image, E[x_0 | x_v = x] (= v^2 times the
-  squared score of p_v); the "native" image score is -log p_v in nats. Fitting with this scoring
+  squared score of p_v), which `reconstructions` hold; the "native" image score is -log p_v in nats. Fitting with this scoring
   trains no network and keeps the training images instead (measured on MNIST one-vs-rest,
   docs/results/image.md session 20: 0.966 mean AUROC on two fresh seeds, above KNN and PCA).
 
@@ -102,7 +102,8 @@ class ImageAnalysis:
       scores: [N] image anomaly scores (higher = more anomalous).
       maps: [N, H, W] anomaly maps at the input resolution.
       reconstructions: [N, H, W, C] reconstructions in [0, 1] at the input resolution (for
-        scoring="score_norm", the inputs themselves).
+        scoring="score_norm", the inputs themselves; for "density_np", the posterior mean
+        E[x_0 | x] of the blurred training images and their shifts).
     """
 
     scores: np.ndarray  # [N]
@@ -736,9 +737,10 @@ class ImageDetector(BaseDetector):
         maps = _gaussian_blur(maps, float(self.map_sigma))
         scores = _image_scores(maps, self.image_score, float(self.topk), res.scores)
         maps_in = np.asarray(self._resize(maps[..., None], in_hw)[..., 0])
+        recon = self._resize(jnp.clip(res.estimates.reshape(q.shape), 0.0, 1.0), in_hw)
         self.batch_seconds_ = [time.perf_counter() - t_start]
         return ImageAnalysis(scores=np.asarray(scores, np.float64), maps=maps_in,
-                             reconstructions=np.asarray((x + 1.0) / 2.0, np.float32))
+                             reconstructions=np.asarray(recon, np.float32))
 
     def _analyze(self, x: np.ndarray) -> ImageAnalysis:
         has_net = "unet" in self.model_
