@@ -439,17 +439,20 @@ def _knn_sq_dists(x_train: Array, x: Array, k: int, *, query_batch: int, train_b
             d2 = qq - 2.0 * jnp.matmul(q, c.T, precision=hi) + jnp.sum(c * c, axis=-1)[None]
             d2 = jnp.where(ok[None], jnp.maximum(d2, 0.0), jnp.inf)
             neg, pos = jax.lax.top_k(-jnp.concatenate([best[0], d2], axis=-1), k)
+            if not return_indices:  # the common path carries no indices
+                return (-neg,), None
             idx = jnp.take_along_axis(
                 jnp.concatenate([best[1], jnp.broadcast_to(r[None], d2.shape)], axis=-1), pos, axis=-1)
             return (-neg, idx), None
 
-        init = (jnp.full((bq, k), jnp.inf, x.dtype), jnp.zeros((bq, k), jnp.int32))
+        init = (jnp.full((bq, k), jnp.inf, x.dtype),)
+        if return_indices:
+            init += (jnp.zeros((bq, k), jnp.int32),)
         best, _ = jax.lax.scan(body, init, (xt, valid, rows))
         return best
 
-    d2, idx = jax.lax.map(per_query_block, xq)
-    d2, idx = d2.reshape(nq * bq, k)[:b], idx.reshape(nq * bq, k)[:b]
-    return (d2, idx) if return_indices else d2
+    out = [a.reshape(nq * bq, k)[:b] for a in jax.lax.map(per_query_block, xq)]
+    return tuple(out) if return_indices else out[0]
 
 
 def _knn_masked_sq_dists(x_train: Array, obs_train: Array, x: Array, obs: Array, k: int, *,

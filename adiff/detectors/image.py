@@ -515,10 +515,7 @@ class ImageDetector(BaseDetector):
         self.n_train_ = int(len(X))
         self._cache = {}
         if self.scoring == "density_np":  # no network: the memory is the training images in [0, 1]
-            k_max = len(x) * (2 * int(self.np_shifts) + 1) ** 2
-            if int(self.np_k) > k_max:
-                raise ValueError(f"np_k={self.np_k} exceeds the density_np memory ({len(x)} images "
-                                 f"x {k_max // len(x)} shifts = {k_max})")
+            # (np_k and the memory size are checked when fit scores the training images)
             self.model_["memory"] = ((x + 1.0) / 2.0).astype(np.float32)
             return
         if self.latent:
@@ -698,9 +695,10 @@ class ImageDetector(BaseDetector):
 
         return jax.jit(fn)
 
-    def _density_np(self, x: np.ndarray, training: bool = False) -> ImageAnalysis:
-        """scoring="density_np" of prepared images x [N, H, W, C] in [-1, 1] (module docstring);
-        training=True: x are the training images, each scored without itself and its shifts."""
+    def _density_np(self, x: np.ndarray, training: bool = False):
+        """scoring="density_np" of prepared images x [N, H, W, C] in [-1, 1] (module docstring):
+        an ImageAnalysis; training=True: x are the training images, each scored without itself
+        and its shifts, and only the scores [N] are returned (no maps to compute)."""
         t_start = time.perf_counter()
         in_hw = tuple(int(v) for v in x.shape[1:3])
         shifts, blur, k = int(self.np_shifts), float(self.np_blur), int(self.np_k)
@@ -727,12 +725,13 @@ class ImageDetector(BaseDetector):
         mem, v = cache[key_c]
         xw = (np.asarray(self._resize_np(x)) + 1.0) / 2.0
         q = blur_images(xw, blur)
-        groups = {}
+        q_flat = jnp.asarray(q.reshape(len(q), -1))
         if training:  # memory row j is a shift of training image j mod N
             n = len(self.model_["memory"])
-            groups = dict(groups_train=np.arange(mem.shape[0]) % n, groups=np.arange(n))
-        res = scoring_lib.diffused_density(mem, jnp.asarray(q.reshape(len(q), -1)), variance=v, k=k,
-                                           maps=True, **groups)
+            return np.asarray(scoring_lib.diffused_density(
+                mem, q_flat, variance=v, k=k, groups_train=np.arange(mem.shape[0]) % n,
+                groups=np.arange(n)).scores, np.float64)
+        res = scoring_lib.diffused_density(mem, q_flat, variance=v, k=k, maps=True)
         maps = jnp.mean(res.maps.reshape(q.shape), axis=-1)
         maps = _gaussian_blur(maps, float(self.map_sigma))
         scores = _image_scores(maps, self.image_score, float(self.topk), res.scores)
@@ -786,7 +785,7 @@ class ImageDetector(BaseDetector):
         if "memory" in self.model_ and self.scoring == "density_np":
             # Leave each training image out with its shifts: scored against the memory that holds
             # it, a training image would sit at distance 0 and the threshold would be far too low.
-            return self._density_np(data, training=True).scores
+            return self._density_np(data, training=True)
         return self._decision_function(data)
 
     def _check_head_support(self, anomalies) -> None:
