@@ -48,10 +48,9 @@ def standardise(ref: np.ndarray, maps: np.ndarray, floor: float = 0.01) -> np.nd
     return (maps - mu) / sd
 
 
-def topk_mean(maps: np.ndarray, frac: float = 0.01) -> np.ndarray:
-    flat = maps.reshape(len(maps), -1)
-    k = max(1, int(round(frac * flat.shape[1])))
-    return np.sort(flat, axis=1)[:, -k:].mean(1)
+def topk_mean(maps: np.ndarray) -> np.ndarray:
+    """Image score of a z-map: the benchmark's head (top 1% mean) without a second blur."""
+    return bench.map_head(maps, sigma=0.0, topk=0.01)[0]
 
 
 def run_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool) -> dict:
