@@ -53,7 +53,13 @@ def topk_mean(maps: np.ndarray) -> np.ndarray:
     return bench.map_head(maps, sigma=0.0, topk=0.01)[0]
 
 
-def run_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool) -> dict:
+def score_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool):
+    """Scores and maps of the test split and of `n_ref` training images, per scorer, for one seed.
+
+    Returns (split, ref, rows, secs): rows maps a scorer name ("PCA", "elbo",
+    "denoise low band") to (test scores, test maps, reference scores, reference maps). Shared by
+    the session-21 and session-22 map probes.
+    """
     split = bench.load_split(cfg, seed=seed)
     train, test = split.train, split.test
     rng = np.random.default_rng(seed)
@@ -61,19 +67,10 @@ def run_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool) -> dict:
     ref = train[ref_idx]
     bench.log(f"seed {seed}: train {train.shape}, test {test.images.shape}, ref {ref.shape}")
     rows, secs = {}, {}
-
-    def add(name, scores, maps):
-        rows[name] = bench.evaluate(test, scores, maps)
-        bench.log(name, {k: round(v, 4) for k, v in rows[name].items()})
-
-    # PCA baseline: the benchmark's map head (blur 1 px, top 1%); its z uses its own training residuals.
-    err_test = bench.pca_baseline(train, test.images)
-    err_ref = bench.pca_baseline(train, ref)
-    s, m = bench.map_head(err_test, sigma=1.0, topk=0.01)
-    _, m_ref = bench.map_head(err_ref, sigma=1.0, topk=0.01)
-    add("PCA", s, m)
-    z = standardise(m_ref, m)
-    add("PCA-z", topk_mean(z), z)
+    # PCA baseline: the benchmark's map head (blur 1 px, top 1%) on its own training residuals.
+    s, m = bench.map_head(bench.pca_baseline(train, test.images), sigma=1.0, topk=0.01)
+    s_ref, m_ref = bench.map_head(bench.pca_baseline(train, ref), sigma=1.0, topk=0.01)
+    rows["PCA"] = (s, m, s_ref, m_ref)
 
     base = dict(cfg.detector)
     base.update(seed=seed, train_steps=steps)
@@ -89,13 +86,38 @@ def run_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool) -> dict:
         det.set_params(**kw)
         t = time.perf_counter()
         res = det.analyze(test.images)
-        ref_maps = det.analyze(ref).maps
+        res_ref = det.analyze(ref)
         secs[name] = time.perf_counter() - t
-        add(name, res.scores, res.maps)
-        z = standardise(ref_maps, res.maps)
+        rows[name] = (res.scores, res.maps, res_ref.scores, res_ref.maps)
+    return split, ref, rows, secs
+
+
+def run_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool) -> dict:
+    split, ref, raw, secs = score_seed(seed, cfg, steps, n_ref, quick)
+    test = split.test
+    rows = {}
+
+    def add(name, scores, maps):
+        rows[name] = bench.evaluate(test, scores, maps)
+        bench.log(name, {k: round(v, 4) for k, v in rows[name].items()})
+
+    for name, (s, m, _, m_ref) in raw.items():
+        add(name, s, m)
+        z = standardise(m_ref, m)
         add(f"{name}-z", topk_mean(z), z)
-    return {"rows": rows, "seconds": secs, "n_train": int(len(train)), "n_test": int(len(test.images)),
-            "n_ref": int(len(ref))}
+    return {"rows": rows, "seconds": secs, "n_train": int(len(split.train)),
+            "n_test": int(len(test.images)), "n_ref": int(len(ref))}
+
+
+def print_table(held: dict) -> None:
+    """Markdown table of the seed-mean rows of a probe's JSON ({seed: {"rows": {name: metrics}}})."""
+    names = list(next(iter(held.values()))["rows"])
+    print("| row | image AUROC | pixel AUROC | AUPRO | seeds |")
+    print("|---|---:|---:|---:|---:|")
+    for n in names:
+        vals = [held[s]["rows"][n] for s in sorted(held)]
+        cells = [f"{np.mean([v[k] for v in vals]):.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")]
+        print(f"| {n} | " + " | ".join(cells) + f" | {len(vals)} |")
 
 
 def main(argv):
@@ -109,13 +131,7 @@ def main(argv):
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(held, indent=1))
-    names = list(next(iter(held.values()))["rows"])
-    print("| row | image AUROC | pixel AUROC | AUPRO | seeds |")
-    print("|---|---:|---:|---:|---:|")
-    for n in names:
-        vals = [held[s]["rows"][n] for s in sorted(held)]
-        cells = [f"{np.mean([v[k] for v in vals]):.3f}" for k in ("image_auroc", "pixel_auroc", "aupro")]
-        print(f"| {n} | " + " | ".join(cells) + f" | {len(vals)} |")
+    print_table(held)
 
 
 if __name__ == "__main__":
