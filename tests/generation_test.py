@@ -517,3 +517,48 @@ def test_benchmark_pixel_features_per_time_maps_and_head_rule():
                                g[..., 3] + np.log1p(np.exp(logits)), rtol=1e-6)
     f1, _ = bench.pixel_features(FakeDetector((0.3,)), normal)  # one time: no duplicate channel
     assert f1.shape == (6, 5, 4, 2)
+
+
+def test_benchmark_real_shape_masks_and_cut_paste_in_masks():
+    # The session-23 probe rows: each mask is a real mask of the sample's own type, possibly
+    # flipped; cut-paste in given shapes changes pixels inside the mask only.
+    from experiments.benchmarks import generation as bench  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    real = np.zeros((3, 6, 8), np.uint8)
+    real[0, :2, :] = 1          # a top band ("uneven")
+    real[1, 2:4, 1:3] = 1       # a blob ("hole")
+    real[2, 4:, :] = 1          # a bottom band ("uneven")
+    kinds = ["uneven", "hole", "uneven"]
+    names = ("normal", "hole", "uneven")
+    labels = np.array([2, 1, 2, 2, 1, 2, 2, 2])
+    out = bench.real_shape_masks(rng, real, kinds, labels, names)
+    assert out.shape == (8, 6, 8) and out.dtype == np.uint8
+    for m, lab in zip(out, labels):
+        pool = [real[i] for i, k in enumerate(kinds) if k == names[lab]]
+        flips = [f(p) for p in pool for f in (lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1],
+                                                lambda a: a[::-1, ::-1])]
+        assert any(np.array_equal(m, f) for f in flips)
+    assert {int(m[:, 0].sum()) for m, lab in zip(out, labels) if lab == 2} == {2}  # bands stay edge to edge
+
+    images = rng.random((5, 6, 8, 1)).astype(np.float32)
+    masks = out[:5]
+    pasted = bench.cut_paste_in_masks(rng, images, masks)
+    outside = np.broadcast_to(masks[..., None] == 0, images.shape)
+    np.testing.assert_array_equal(pasted[outside], images[outside])
+    assert not np.allclose(pasted[~outside], images[~outside])
+
+
+def test_benchmark_per_kind_auroc():
+    # Per defect type: that type's images against the normal test images only.
+    from experiments.benchmarks import image as image_bench  # pylint: disable=import-outside-toplevel
+    masks = np.zeros((4, 2, 2), np.uint8)
+    masks[1, 0, 0] = masks[2, 1, 1] = 1
+    test = type("T", (), {"kinds": np.array(["free", "a", "b", "free"]), "labels": np.array([0, 1, 1, 0]),
+                          "masks": masks})()
+    maps = np.zeros((4, 2, 2))
+    maps[1, 0, 0] = 5.0          # type a: its defect pixel ranks first
+    maps[2] = 1.0                # type b: a flat map, its defect pixel ties with its normal ones
+    scores = np.array([0.0, 2.0, -1.0, 0.5])
+    out = image_bench.per_kind(test, scores, maps)
+    assert out["a"] == {"n": 1, "image_auroc": 1.0, "pixel_auroc": 1.0}
+    assert out["b"]["image_auroc"] == 0.0 and 0.5 < out["b"]["pixel_auroc"] < 1.0

@@ -267,6 +267,36 @@ def pixel_head_scores(features, logits):
     return supervision.combine(features[..., -1], logits)
 
 
+def real_shape_masks(rng, masks, kinds, labels, label_names):
+    """Masks resampled from the generator's real training masks of each sample's type, each
+    flipped left-right and up-down with probability 1/2 (session-23 probe; the ellipse prior of
+    `MaskPrior` cannot draw the edge-to-edge bands of MT_Uneven, 73% of the test's defect
+    pixels). masks [M, H, W], kinds [M] type names, labels [N] generator label indices."""
+    kinds = np.asarray(kinds)
+    out = np.zeros((len(labels),) + np.asarray(masks).shape[1:], np.uint8)
+    for i, lab in enumerate(labels):
+        pool = np.flatnonzero(kinds == label_names[int(lab)])
+        m = np.asarray(masks[rng.choice(pool)]) > 0
+        if rng.random() < 0.5:
+            m = m[:, ::-1]
+        if rng.random() < 0.5:
+            m = m[::-1]
+        out[i] = m
+    return out
+
+
+def cut_paste_in_masks(rng, images, masks):
+    """Cut-paste with given region shapes: inside each mask, the pixels of another random image
+    shifted by a random (circular) offset; outside it, the image itself. [N, H, W, C] images."""
+    images = np.asarray(images)
+    n, h, w = images.shape[:3]
+    out = images.copy()
+    for i in range(n):
+        src = np.roll(images[rng.integers(n)], (int(rng.integers(h)), int(rng.integers(w))), (0, 1))
+        out[i] = np.where(np.asarray(masks[i])[..., None] > 0, src, images[i])
+    return out
+
+
 def run_image_pixel_head(cfg, log):
     """Pixel-level downstream gain: ImageDetector (as in run_image_head) + a per-pixel head (the
     Segmenter net, class-balanced BCE, flips) on [image, per-t log maps, combined log map],
@@ -297,11 +327,27 @@ def run_image_pixel_head(cfg, log):
     f_cp, f_gen, f_cp2, f_real = (pixel_features(det, np.asarray(a, np.float32), stats)[0]
                                   for a in (cp_img, out.samples, cp2_img, train_def.images.astype(np.float32) / 255.0))
     cat = np.concatenate
+    probe = {}
+    if cfg.get("mask_shape_probe", False):  # session 23, pre-registered: see generation.md
+        t2 = time.time()
+        rs = np.random.default_rng(cfg.seed + 23)
+        labels = rs.integers(1, gen.num_labels, len(base))  # the types drawn as `generate` does
+        shape_masks = real_shape_masks(rs, train_def.masks, train_def.kinds, labels, gen.label_names_)
+        out_rs = gen.generate(base=base, masks=shape_masks, label=labels, guidance=cfg.guidance)
+        cp_rs = cut_paste_in_masks(rs, base, shape_masks)
+        times["generate real-shape masks"] = time.time() - t2
+        f_rs, f_cprs = (pixel_features(det, np.asarray(a, np.float32), stats)[0]
+                        for a in (out_rs.samples, cp_rs))
+        probe = {"adiff generated, real mask shapes": (f_rs, shape_masks),
+                 "cut-paste in real mask shapes (info)": (f_cprs, shape_masks)}
+        log(f"real-shape masks: mean area {shape_masks.mean():.3f} vs ellipse prior "
+            f"{np.asarray(out.masks).mean():.3f} vs cut-paste {cp_mask.mean():.3f}")
     feats = {"cut-paste": (f_cp, cp_mask),
              "adiff generated": (f_gen, out.masks),
              "adiff generated, refined masks": (f_gen, refined),
              "cut-paste + adiff generated": (cat([f_cp, f_gen]), cat([cp_mask, np.asarray(out.masks)])),
              "cut-paste, two draws (count control)": (cat([f_cp, f_cp2]), cat([cp_mask, cp2_mask])),
+             **probe,
              "reference: real training third": (f_real, train_def.masks)}
     times["features"] = time.time() - t1
     log(f"pixel features {f_normal.shape[-1]} channels (t0 {list(det.t0)}), "
@@ -310,6 +356,7 @@ def run_image_pixel_head(cfg, log):
     res = {"none: ImageDetector denoise map (z, unsupervised)": image_metrics(f_test[..., -1], test)}
     log(f"none: {res['none: ImageDetector denoise map (z, unsupervised)']}")
     head_only = {}
+    per_kind_maps = {"none": f_test[..., -1]} if probe else {}
     zero = np.zeros(normal.shape[:3], np.float32)
     for name, (fa, ma) in feats.items():
         t1 = time.time()
@@ -319,12 +366,22 @@ def run_image_pixel_head(cfg, log):
                             seed=cfg.seed)
         logits = f(f_test)
         row = f"detector + pixel head: {name}"
-        res[row] = image_metrics(pixel_head_scores(f_test, logits), test)
+        scored = pixel_head_scores(f_test, logits)
+        res[row] = image_metrics(scored, test)
+        if probe:
+            per_kind_maps[row] = scored
         head_only[f"pixel head logit alone: {name}"] = image_metrics(logits, test)
         times[f"head {name}"] = time.time() - t1
         log(f"{row}: {res[row]} (logit alone: {head_only[f'pixel head logit alone: {name}']}) "
             f"({times[f'head {name}']:.0f}s)")
-    return {"downstream": res, "diagnostic_head_only": head_only, "times_s": times,
+    extra = {}
+    if probe:  # information: pixel AUROC of each defect type against the normal test images
+        from experiments.benchmarks import image as image_bench  # pylint: disable=import-outside-toplevel
+        extra["per_kind_pixel_auroc"] = {
+            row: {k: v.get("pixel_auroc") for k, v in image_bench.per_kind(
+                test, np.zeros(len(test.labels)), maps).items()}
+            for row, maps in per_kind_maps.items()}
+    return {**extra, "downstream": res, "diagnostic_head_only": head_only, "times_s": times,
             "refined_masks": {"threshold": tau, "kept_fraction": kept, "quantile": refine_q},
             "channels": ["image"] + [f"log map t={t}" for t in (det.t0 if len(det.t0) > 1 else ())]
                         + ["log map combined (z)"],
@@ -797,6 +854,8 @@ def main(argv):
         cfg.series.seeds = tuple(int(s) for s in FLAGS.series_seeds)
     if FLAGS.generator_context:
         cfg.generator.context = True
+    if FLAGS.mask_shape_probe:
+        cfg.mask_shape_probe = True
     if FLAGS.image_seed is not None:  # split, generator, detector and heads of the image parts
         cfg.seed = int(FLAGS.image_seed)
     if FLAGS.artifacts:
@@ -875,6 +934,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", str(OUT / "generation.md"), "Results markdown.")
     flags.DEFINE_bool("generator_context", False, "Image generator conditioned on the clean "
                       "surroundings of the region (AnomalyGenerator(context=True)).")
+    flags.DEFINE_bool("mask_shape_probe", False, "image_pixel_head: add the session-23 rows "
+                      "(generated and cut-paste defects in resampled real mask shapes).")
     flags.DEFINE_integer("image_seed", None, "Seed of the image parts (default: the config's).")
     flags.DEFINE_string("artifacts", "", "Folder of the JSON and image artefacts (default: "
                         "docs/results/generation); use another one for extra seeds.")

@@ -198,6 +198,21 @@ def evaluate(test: image_data.ImageSet, scores, maps=None) -> dict:
     return out
 
 
+def per_kind(test, scores, maps) -> dict:
+    """Image and pixel AUROC of each defect type against the normal test images (information)."""
+    kinds = np.asarray(test.kinds)
+    normal = test.labels == 0
+    out = {}
+    for k in sorted(set(kinds[~normal])):
+        sel = normal | (kinds == k)
+        row = {"n": int((kinds == k).sum()),
+               "image_auroc": metrics.auroc(test.labels[sel], np.asarray(scores)[sel])}
+        if test.masks[sel].any():
+            row["pixel_auroc"] = metrics.pixel_auroc(test.masks[sel], np.asarray(maps)[sel])
+        out[str(k)] = row
+    return out
+
+
 def timed_analyze(det: ImageDetector, x: np.ndarray):
     t = time.perf_counter()
     res = det.analyze(x)

@@ -54,21 +54,6 @@ def with_evidence(s, m, s_ref, m_ref) -> np.ndarray:
     return (zm + zs[:, None, None]).astype(np.float32)
 
 
-def per_kind(test, scores, maps) -> dict:
-    """Image and pixel AUROC of each defect type against the normal test images (information)."""
-    kinds = np.asarray(test.kinds)
-    normal = test.labels == 0
-    out = {}
-    for k in sorted(set(kinds[~normal])):
-        sel = normal | (kinds == k)
-        row = {"n": int((kinds == k).sum()),
-               "image_auroc": metrics.auroc(test.labels[sel], np.asarray(scores)[sel])}
-        if test.masks[sel].any():
-            row["pixel_auroc"] = metrics.pixel_auroc(test.masks[sel], np.asarray(maps)[sel])
-        out[str(k)] = row
-    return out
-
-
 def run_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool, dump: str) -> dict:
     split, ref, raw, secs = probe.score_seed(seed, cfg, steps, n_ref, quick)
     test = split.test
@@ -76,7 +61,7 @@ def run_seed(seed: int, cfg, steps: int, n_ref: int, quick: bool, dump: str) -> 
 
     def add(name, scores, maps):
         rows[name] = bench.evaluate(test, scores, maps)
-        kinds[name] = per_kind(test, scores, maps)
+        kinds[name] = bench.per_kind(test, scores, maps)
         bench.log(name, {k: round(v, 4) for k, v in rows[name].items()})
 
     for name, (s, m, s_ref, m_ref) in raw.items():

@@ -114,7 +114,7 @@ def main(argv):
                 # The baselines' head: blur 1 px, image score = top-1% mean of the map.
                 scores, maps = bench.map_head(raw, sigma=1.0, topk=0.01)
                 rows[name] = {**bench.evaluate(test, scores, maps),
-                              "per_kind": evidence.per_kind(test, scores, maps)}
+                              "per_kind": bench.per_kind(test, scores, maps)}
                 bench.log(size, seed, name, {k: round(v, 3) for k, v in rows[name].items() if k != "per_kind"},
                           {k[3:]: round(v["pixel_auroc"], 3) for k, v in rows[name]["per_kind"].items()})
             per_seed[str(seed)] = {"shares": shares, "rows": rows}
